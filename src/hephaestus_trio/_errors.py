@@ -1,0 +1,144 @@
+"""Every error the library raises, under one root.
+
+Each class says who caused it and when it is raised; the structured fields are
+attributes so callers can branch on them without parsing messages.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyRunning",
+    "AmbiguousInstance",
+    "Backpressure",
+    "EngineClosed",
+    "HephaestusError",
+    "InstanceNotFound",
+    "InvalidResume",
+    "NotCancellable",
+    "StorageError",
+    "UndeclaredEvent",
+    "UnknownWorkflow",
+    "WorkflowDefinitionError",
+]
+
+
+class HephaestusError(Exception):
+    """Root of every error raised by hephaestus-trio."""
+
+
+class WorkflowDefinitionError(HephaestusError, TypeError):
+    """A workflow or step class is malformed.
+
+    Raised while the class statement runs, so a bad definition never reaches a
+    running engine. The message names the workflow, the steps and the events
+    involved. It is also a ``TypeError`` because a bad class *is* a type error
+    of the program, as Hypothesis' ``InvalidDefinition`` is.
+    """
+
+
+class UndeclaredEvent(HephaestusError):
+    """A step emitted (or was resumed with) an event it does not declare."""
+
+    def __init__(self, step: str, event: str, declared: tuple[str, ...]) -> None:
+        self.step = step
+        self.event = event
+        self.declared = declared
+        super().__init__(
+            f"step {step!r} emitted undeclared event {event!r}; it declares {list(declared)}"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.step, self.event, self.declared))
+
+
+class InvalidResume(HephaestusError):
+    """A resume was refused: the run is not parked on a step that accepts the event."""
+
+    def __init__(self, instance_id: str, event: str, reason: str) -> None:
+        self.instance_id = instance_id
+        self.event = event
+        self.reason = reason
+        super().__init__(f"cannot resume {instance_id!r} with {event!r}: {reason}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.event, self.reason))
+
+
+class InstanceNotFound(HephaestusError, LookupError):
+    """No run with this id exists in the storage."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"no workflow instance with id {instance_id!r}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id,))
+
+
+class AmbiguousInstance(HephaestusError, LookupError):
+    """Several live runs share this business id; pass ``workflow=`` to choose one."""
+
+    def __init__(self, instance_id: str, workflows: tuple[str, ...]) -> None:
+        self.instance_id = instance_id
+        self.workflows = workflows
+        super().__init__(
+            f"{len(workflows)} live runs share id {instance_id!r} "
+            f"(workflows {list(workflows)}); pass workflow= to choose one"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.workflows))
+
+
+class Backpressure(HephaestusError):
+    """The instance's inbox is full; the refused resume had no effect. Retry later."""
+
+    def __init__(self, instance_id: str, capacity: int) -> None:
+        self.instance_id = instance_id
+        self.capacity = capacity
+        super().__init__(
+            f"inbox of {instance_id!r} is full ({capacity} pending resumes); "
+            "the resume was not accepted, retry later"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.capacity))
+
+
+class AlreadyRunning(HephaestusError):
+    """A live run already holds this business key in the workflow's uniqueness scope."""
+
+    def __init__(self, instance_id: str, workflow: str, scope: str) -> None:
+        self.instance_id = instance_id
+        self.workflow = workflow
+        self.scope = scope
+        super().__init__(
+            f"{workflow}: a live run with id {instance_id!r} already exists (scope {scope!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.workflow, self.scope))
+
+
+class NotCancellable(HephaestusError):
+    """The run is already completed, failed or cancelled; nothing was changed."""
+
+    def __init__(self, instance_id: str, status: str) -> None:
+        self.instance_id = instance_id
+        self.status = status
+        super().__init__(f"cannot cancel {instance_id!r}: it is already {status}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.status))
+
+
+class UnknownWorkflow(HephaestusError, LookupError):
+    """An instance names a workflow (or version) the running engine was not given."""
+
+
+class StorageError(HephaestusError):
+    """The storage cannot be used: corrupt or foreign file, newer schema, closed storage."""
+
+
+class EngineClosed(HephaestusError):
+    """The running engine has been closed (or no engine is open for the facade)."""

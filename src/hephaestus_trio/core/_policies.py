@@ -1,0 +1,95 @@
+"""Retry and restart policies: frozen data plus the pure arithmetic over it.
+
+The runtime sleeps; these functions only decide how long and whether.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["RestartPolicy", "RetryPolicy"]
+
+Backoff = Literal["constant", "linear", "exponential"]
+_BACKOFFS = ("constant", "linear", "exponential")
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be a positive int, got {value!r}")
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+
+
+def _backoff_kind(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    if value not in _BACKOFFS:
+        raise ValueError(f"backoff must be one of {list(_BACKOFFS)}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How a step is retried after a crash (an exception or a timeout).
+
+    A business ``Fail`` is never retried. After failed attempt *k* (attempts
+    count from 1) the runtime waits ``delay(k)`` on Trio's clock.
+    """
+
+    max_attempts: int = attrs.field(default=1, validator=_positive_int)
+    """Total attempts, the first included; 1 means no retry."""
+    backoff: Backoff = attrs.field(default="exponential", validator=_backoff_kind)
+    """``constant`` waits ``base``; ``linear`` ``base*k``; ``exponential`` ``base*2**(k-1)``."""
+    base: float = attrs.field(default=0.1, validator=_non_negative)
+    """Seconds; the unit of every backoff shape."""
+    max_backoff: float = attrs.field(default=30.0, validator=_non_negative)
+    """Upper bound of any single wait, seconds."""
+    jitter: bool = False
+    """Multiply each wait by a uniform factor in [0.5, 1.0] (off by default for determinism)."""
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt ``attempt`` before the next one.
+
+        ``rng`` is only consulted when ``jitter`` is on; the runtime passes its own
+        injected ``random.Random`` so tests can make it deterministic.
+        """
+        if self.backoff == "constant":
+            raw = self.base
+        elif self.backoff == "linear":
+            raw = self.base * attempt
+        else:
+            raw = self.base * 2 ** (attempt - 1)
+        wait = min(raw, self.max_backoff)
+        if self.jitter:
+            wait *= (rng or random.Random()).uniform(0.5, 1.0)
+        return float(wait)
+
+    def should_retry(self, attempt: int) -> bool:
+        """Whether failed attempt ``attempt`` leaves another try."""
+        return attempt < self.max_attempts
+
+
+@attrs.frozen(kw_only=True)
+class RestartPolicy:
+    """OTP-style restart intensity for instance tasks (the *transient* strategy).
+
+    With ``max_restarts=n`` within ``within`` seconds, an instance whose task
+    always crashes runs ``n + 1`` times before it is marked failed.
+    """
+
+    max_restarts: int = attrs.field(default=3, validator=_non_negative)
+    """Restarts allowed inside the sliding window."""
+    within: float = attrs.field(default=5.0, validator=_non_negative)
+    """Width of the sliding window, seconds of Trio's clock."""
+
+    def should_restart(self, restarts: Sequence[float], now: float) -> bool:
+        """Whether one more restart at ``now`` stays within the intensity.
+
+        ``restarts`` holds the clock times of earlier restarts of this instance.
+        """
+        recent = [t for t in restarts if now - t < self.within]
+        return len(recent) < self.max_restarts
