@@ -14,6 +14,7 @@ from ._errors import Backpressure as Backpressure
 from ._errors import EngineClosed as EngineClosed
 from ._errors import HephaestusError as HephaestusError
 from ._errors import InstanceNotFound as InstanceNotFound
+from ._errors import InstanceRestarted as InstanceRestarted
 from ._errors import InvalidResume as InvalidResume
 from ._errors import NotCancellable as NotCancellable
 from ._errors import StorageError as StorageError
@@ -40,12 +41,20 @@ from .core._unique import Unique as Unique
 from .core._workflow import Workflow as Workflow
 from .core._workflow import get_workflow as get_workflow
 from .core._workflow import route as route
+from .observability import EVENT_NAMES as EVENT_NAMES
+from .observability import Event as Event
+from .observability import LoggingHandler as LoggingHandler
+from .runtime import Engine as Engine
+from .runtime import TimerHandle as TimerHandle
+from .runtime import open_engine as open_engine
+from .runtime import trio_wall_clock as trio_wall_clock
 from .steps import Debug as Debug
 from .steps import Done as Done
 from .steps import Wait as Wait
 from .steps import WaitForEvent as WaitForEvent
 
 __all__ = [
+    "EVENT_NAMES",
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",
@@ -54,15 +63,19 @@ __all__ = [
     "Debug",
     "Done",
     "Edge",
+    "Engine",
     "EngineClosed",
     "ErrorRecord",
+    "Event",
     "ExecutionEntry",
     "Fail",
     "Graph",
     "HephaestusError",
     "Instance",
     "InstanceNotFound",
+    "InstanceRestarted",
     "InvalidResume",
+    "LoggingHandler",
     "NotCancellable",
     "RestartPolicy",
     "RetryPolicy",
@@ -70,6 +83,7 @@ __all__ = [
     "Step",
     "StorageError",
     "Suspend",
+    "TimerHandle",
     "TimerRecord",
     "UndeclaredEvent",
     "Unique",
@@ -81,7 +95,9 @@ __all__ = [
     "__version__",
     "engine",
     "get_workflow",
+    "open_engine",
     "route",
     "serialization",
     "step",
+    "trio_wall_clock",
 ]

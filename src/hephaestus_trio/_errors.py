@@ -13,6 +13,7 @@ __all__ = [
     "EngineClosed",
     "HephaestusError",
     "InstanceNotFound",
+    "InstanceRestarted",
     "InvalidResume",
     "NotCancellable",
     "StorageError",
@@ -142,3 +143,14 @@ class StorageError(HephaestusError):
 
 class EngineClosed(HephaestusError):
     """The running engine has been closed (or no engine is open for the facade)."""
+
+
+class InstanceRestarted(HephaestusError):
+    """The run's task restarted while a call was waiting on it; the call had no effect."""
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        super().__init__(f"{instance_id!r} restarted before the call was handled; retry it")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id,))

@@ -139,8 +139,11 @@ def build_definition(
     """Parse the class body's declarations, then run every graph check."""
     steps: dict[str, type[Step]] = {}
     configs: dict[str, Mapping[str, Any] | None] = {}
+    # Keys seen only as a transition *source* so far: a source carries no
+    # config, so the first target occurrence (in any dict order) sets it.
+    unconfigured: set[str] = set()
 
-    def register(target: Target, where: str) -> str:
+    def register(target: Target, where: str, *, source: bool = False) -> str:
         key = target.step.step_key
         known = steps.get(key)
         if known is not None and known is not target.step:
@@ -150,6 +153,16 @@ def build_definition(
                 f"steps {known.__name__} and {target.step.__name__} share the context key "
                 f"{key!r}; give one of them another step_key",
             )
+        if source:
+            if known is None:
+                steps[key] = target.step
+                configs[key] = None
+                unconfigured.add(key)
+            return key
+        if key in unconfigured:
+            unconfigured.discard(key)
+            configs[key] = target.config
+            return key
         if known is not None and configs[key] != target.config:
             raise _err(
                 workflow,
@@ -184,7 +197,7 @@ def build_definition(
             )
         source_cls, event = raw_key
         where = f"transition ({source_cls.__name__}, {event!r})"
-        source = register(Target(source_cls, configs.get(source_cls.step_key)), where)
+        source = register(Target(source_cls), where, source=True)
         keys = tuple(register(t, where) for t in parse_targets(workflow, where, raw_value))
         if len(set(keys)) != len(keys):
             raise _err(workflow, f"{where} lists the same target twice: {list(keys)}")
@@ -193,7 +206,7 @@ def build_definition(
     dynamic: dict[tuple[str, str], RouteSpec] = {}
     for route in routes:
         where = f"route {route.name} ({route.source.__name__}, {route.event!r})"
-        source = register(Target(route.source, configs.get(route.source.step_key)), where)
+        source = register(Target(route.source), where, source=True)
         for target in route.targets:
             register(target, where)
         if (source, route.event) in static or (source, route.event) in dynamic:

@@ -12,7 +12,9 @@ from typing import Literal
 
 import attrs
 
-__all__ = ["Scope", "Unique", "build_id", "constraint_key", "validate_value"]
+from .._errors import WorkflowDefinitionError
+
+__all__ = ["InvalidUnique", "Scope", "Unique", "build_id", "constraint_key", "validate_value"]
 
 Scope = Literal["workflow", "version", "global", "none"]
 SCOPES: tuple[str, ...] = ("workflow", "version", "global", "none")
@@ -20,14 +22,23 @@ _KEY_RE = re.compile(r"^[a-z0-9]+$")
 _VALUE_RE = re.compile(r"^[a-z0-9]+$")
 
 
+class InvalidUnique(WorkflowDefinitionError, ValueError):
+    """A ``Unique(...)`` with a bad key or scope.
+
+    ``Unique`` is built inside the ``class`` statement of a workflow, so this is
+    the definition-time check (7): a ``WorkflowDefinitionError`` (and, for
+    callers that build a ``Unique`` on its own, a ``ValueError``).
+    """
+
+
 def _check_key(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str) or not _KEY_RE.match(value):
-        raise ValueError(f"Unique key must match [a-z0-9]+, got {value!r}")
+        raise InvalidUnique(f"Unique key must match [a-z0-9]+, got {value!r}")
 
 
 def _check_scope(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in SCOPES:
-        raise ValueError(f"Unique scope must be one of {list(SCOPES)}, got {value!r}")
+        raise InvalidUnique(f"Unique scope must be one of {list(SCOPES)}, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)

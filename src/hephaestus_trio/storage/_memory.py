@@ -28,6 +28,8 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._runs: dict[str, Instance] = {}
+        # id -> run_ids: resume/get look runs up by business id on every call.
+        self._by_id: dict[str, set[str]] = {}
         self._holders: dict[str, str] = {}
         self._resumes: dict[int, ResumeRecord] = {}
         self._seq = itertools.count(1)
@@ -61,6 +63,7 @@ class MemoryStorage:
             if self._holders.get(previous.unique_key) == instance.run_id:
                 del self._holders[previous.unique_key]
         self._runs[instance.run_id] = instance
+        self._by_id.setdefault(instance.id, set()).add(instance.run_id)
         if key is not None and instance.status.is_live:
             self._holders[key] = instance.run_id
         for seq in consume:
@@ -69,6 +72,11 @@ class MemoryStorage:
 
     async def delete(self, run_id: str) -> None:
         instance = self._runs.pop(run_id, None)
+        if instance is not None:
+            runs = self._by_id.get(instance.id, set())
+            runs.discard(run_id)
+            if not runs:
+                self._by_id.pop(instance.id, None)
         if instance is not None and instance.unique_key is not None:
             if self._holders.get(instance.unique_key) == run_id:
                 del self._holders[instance.unique_key]
@@ -87,7 +95,11 @@ class MemoryStorage:
     ) -> list[Instance]:
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
         await trio.lowlevel.checkpoint()
-        found = [inst for inst in self._runs.values() if matches(inst, filters)]
+        if id is not None:
+            candidates = [self._runs[r] for r in self._by_id.get(id, ())]
+        else:
+            candidates = list(self._runs.values())
+        found = [inst for inst in candidates if matches(inst, filters)]
         found.sort(key=lambda inst: (inst.created_at, inst.run_id))
         return found
 

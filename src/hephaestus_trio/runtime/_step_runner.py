@@ -1,0 +1,88 @@
+"""One step, all its attempts: timeout scope, retries with backoff, threads for sync code.
+
+Exceptions from ``execute`` are *crashes*: retried per the step's
+``RetryPolicy``, then reported. ``trio.Cancelled`` is never caught, so an
+instance cancel or an engine shutdown stops a step at its next checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import trio
+
+from ..core._instance import Instance
+from ..core._step import Complete, Fail, Step, StepResult, Suspend
+from ._messages import Message, StepCrashed, StepFinished
+
+__all__ = ["run_step"]
+
+Emit = Callable[[str, Mapping[str, float], Mapping[str, Any]], None]
+
+
+def _normalize(step_cls: type[Step], result: Any) -> StepResult:
+    if isinstance(result, str):
+        return Complete(result)
+    if isinstance(result, Complete | Suspend | Fail):
+        return result
+    raise TypeError(
+        f"step {step_cls.__name__}.execute returned {result!r}; expected an event string, "
+        "Complete(...), Suspend() or Fail(...)"
+    )
+
+
+async def _attempt(step_cls: type[Step], instance: Instance, config: Any) -> StepResult:
+    step = step_cls()
+    if step_cls.is_async():
+        result = await step.execute(instance, config, instance.context)  # type: ignore[misc]
+    else:
+        # Blocking code must not stall the loop; abandoning on cancel lets a
+        # timeout or a cancel take effect even while the thread keeps running.
+        call = functools.partial(step.execute, instance, config, instance.context)
+        result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+    return _normalize(step_cls, result)
+
+
+async def run_step(
+    *,
+    step_key: str,
+    step_cls: type[Step],
+    config: Any,
+    snapshot: Callable[[], Instance],
+    send: trio.MemorySendChannel[Message],
+    emit: Emit,
+    metadata: Mapping[str, Any],
+    rng: random.Random,
+) -> None:
+    """Run ``step_key`` until it returns or its retries are exhausted; report to the mailbox."""
+    policy = step_cls.retry
+    attempt = 1
+    while True:
+        meta = {**metadata, "step": step_key, "attempt": attempt}
+        emit("step.start", {"attempt": float(attempt)}, meta)
+        started = trio.current_time()
+        try:
+            if step_cls.timeout is not None:
+                with trio.fail_after(step_cls.timeout):
+                    result = await _attempt(step_cls, snapshot(), config)
+            else:
+                result = await _attempt(step_cls, snapshot(), config)
+        except Exception as exc:
+            duration = trio.current_time() - started
+            retry = policy.should_retry(attempt)
+            emit(
+                "step.exception",
+                {"duration": duration, "attempt": float(attempt)},
+                {**meta, "error": repr(exc), "kind": type(exc).__name__, "will_retry": retry},
+            )
+            if retry:
+                await trio.sleep(policy.delay(attempt, rng))
+                attempt += 1
+                continue
+            await send.send(StepCrashed(step_key, exc, attempt, isinstance(exc, trio.TooSlowError)))
+            return
+        await send.send(StepFinished(step_key, result, attempt, trio.current_time() - started))
+        return
