@@ -52,6 +52,9 @@ from .steps import Debug as Debug
 from .steps import Done as Done
 from .steps import Wait as Wait
 from .steps import WaitForEvent as WaitForEvent
+from .storage import MemoryStorage as MemoryStorage
+from .storage import SQLiteStorage as SQLiteStorage
+from .storage import Storage as Storage
 
 __all__ = [
     "EVENT_NAMES",
@@ -76,11 +79,14 @@ __all__ = [
     "InstanceRestarted",
     "InvalidResume",
     "LoggingHandler",
+    "MemoryStorage",
     "NotCancellable",
     "RestartPolicy",
     "RetryPolicy",
+    "SQLiteStorage",
     "Status",
     "Step",
+    "Storage",
     "StorageError",
     "Suspend",
     "TimerHandle",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from importlib import resources
+from importlib.abc import Traversable
 
 import attrs
 
@@ -93,23 +94,22 @@ def load_dialect(dialect: str) -> SqlDialect:
             (a packaging bug, never a user error).
     """
     root = resources.files("hephaestus_trio.storage").joinpath("sql").joinpath(dialect)
-    migrations: list[Migration] = []
-    for entry in root.joinpath("migrations").iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match is not None:
-            migrations.append(
-                Migration(
-                    version=int(match.group(1)),
-                    name=entry.name,
-                    text=entry.read_text(encoding="utf-8"),
-                )
-            )
+    try:
+        migrations = [
+            Migration(version=int(match.group(1)), name=entry.name, text=_read(entry))
+            for entry in root.joinpath("migrations").iterdir()
+            if (match := _MIGRATION_NAME.match(entry.name)) is not None
+        ]
+        schema = _read(root.joinpath("schema.sql"))
+        queries = parse_queries(_read(root.joinpath("queries.sql")))
+    except OSError as exc:
+        raise RuntimeError(f"the {dialect} SQL files are missing from the package: {exc}") from exc
     migrations.sort(key=lambda m: m.version)
     numbers = [m.version for m in migrations]
     if not numbers or numbers != list(range(1, len(numbers) + 1)):
         raise RuntimeError(f"{dialect} migrations must be numbered 0001.. with no gaps: {numbers}")
-    return SqlDialect(
-        schema=root.joinpath("schema.sql").read_text(encoding="utf-8"),
-        migrations=tuple(migrations),
-        queries=parse_queries(root.joinpath("queries.sql").read_text(encoding="utf-8")),
-    )
+    return SqlDialect(schema=schema, migrations=tuple(migrations), queries=queries)
+
+
+def _read(entry: Traversable) -> str:
+    return entry.read_text(encoding="utf-8")

@@ -75,9 +75,7 @@ def migration_statements(from_version: int) -> list[str]:
 
 
 def _refuse(path: str, why: str) -> StorageError:
-    return StorageError(
-        f"cannot open SQLite storage {path!r}: {why}; the file was left unchanged"
-    )
+    return StorageError(f"cannot open SQLite storage {path!r}: {why}; the file was left unchanged")
 
 
 def check_header(path: str) -> None:
@@ -106,9 +104,7 @@ def inspect(conn: sqlite3.Connection, path: str) -> int:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         names = {
             row[0]
-            for row in conn.execute(
-                "SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
-            )
+            for row in conn.execute("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'")
         }
     except sqlite3.DatabaseError as exc:
         raise _refuse(path, f"it is corrupt or not a SQLite database ({exc})") from exc

@@ -1,0 +1,1 @@
+"""Storage tests: the conformance suite and backend-specific tests."""
