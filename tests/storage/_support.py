@@ -45,6 +45,9 @@ BACKENDS: dict[str, Callable[[Path], Backend]] = {
     # "postgres": _postgres,  # scale-out backend: start or find a server, else pytest.skip
 }
 
+DURABLE_BACKENDS: frozenset[str] = frozenset({"sqlite"})
+"""Backends whose data outlives the storage object (the reopen tests run on these)."""
+
 
 def make_instance(
     id: str = "orderid::a1",

@@ -9,7 +9,7 @@ import pytest
 
 from hephaestus_trio import Instance, Storage
 
-from ._support import BACKENDS, Backend, make_instance
+from ._support import BACKENDS, DURABLE_BACKENDS, Backend, make_instance
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -17,11 +17,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return BACKENDS[request.param](tmp_path)
 
 
-@pytest.fixture
-def durable_backend(backend: Backend) -> Backend:
-    """``backend``, for tests that only make sense when data outlives the storage object."""
-    if not backend.durable:
-        pytest.skip(f"{backend.name} storage is not durable")
+@pytest.fixture(params=sorted(DURABLE_BACKENDS))
+def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    """Each durable backend, for tests that only make sense when data outlives the object."""
+    backend = BACKENDS[request.param](tmp_path)
+    assert backend.durable
     return backend
 
 
