@@ -128,17 +128,17 @@ class FacadeMixin:
         engine: EngineLike | None = None,
     ) -> None:
         """Cast ``event`` to the live run of ``value``; see ``Engine.resume``."""
-        await _engine(engine).resume(cls.id_for(value), event, step, workflow=cls.family)  # type: ignore[attr-defined]
+        await _engine(engine).resume(cls.id_for(value), event, step, workflow=cls.name)  # type: ignore[attr-defined]
 
     @classmethod
     async def get(cls, value: str, *, engine: EngineLike | None = None) -> Instance:
         """The live run of ``value``, else its most recent one."""
-        return await _engine(engine).get(cls.id_for(value), workflow=cls.family)  # type: ignore[attr-defined]
+        return await _engine(engine).get(cls.id_for(value), workflow=cls.name)  # type: ignore[attr-defined]
 
     @classmethod
     async def cancel(cls, value: str, *, engine: EngineLike | None = None) -> Instance:
         """Cancel the live run of ``value``; returns the cancelled instance."""
-        return await _engine(engine).cancel(cls.id_for(value), workflow=cls.family)  # type: ignore[attr-defined]
+        return await _engine(engine).cancel(cls.id_for(value), workflow=cls.name)  # type: ignore[attr-defined]
 
     @classmethod
     async def list(

@@ -100,5 +100,5 @@ async def _give_up(engine: Engine, runner: Runner, crash: Exception, restarts: i
         logger.exception("run %s: could not record its failure", runner.run_id)
         return
     runner.instance = failed
-    engine.bus.emit("workflow.exception", {}, {**runner.metadata, "error": str(error)})
+    # _finished announces workflow.exception (once) and workflow.stop.
     engine._finished(failed)

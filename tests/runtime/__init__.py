@@ -1,0 +1,1 @@
+"""Runtime tests: the Trio engine, its supervision, timers, events and shutdown."""
