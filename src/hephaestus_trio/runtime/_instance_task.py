@@ -63,6 +63,20 @@ class _Incarnation:
         self.instance = instance
         runner.instance = instance
         self.nursery: trio.Nursery | None = None
+        # After a crash of the previous incarnation its step and timer tasks
+        # died with its nursery: forget them, so that _reconcile starts them
+        # again from the persisted state. Timer handles are kept (a caller of
+        # schedule_resume may hold one) and re-armed with a fresh scope, already
+        # cancelled if cancel() was called while the run was restarting.
+        runner.executing.clear()
+        self.revived: dict[TimerRecord, TimerHandle] = {}
+        for record, handle in runner.timers.items():
+            scope = trio.CancelScope()
+            if handle._scope.cancel_called:
+                scope.cancel()
+            handle._scope = scope
+            self.revived[record] = handle
+        runner.timers.clear()
         # One mailbox for everything: engine casts use send_nowait (a full
         # mailbox is the caller's Backpressure), the run's own step and timer
         # tasks use send and simply wait. Its size is the engine's inbox_size:
@@ -201,7 +215,8 @@ class _Incarnation:
             self.nursery.start_soon(self._run_step, key, definition.steps[key], scope)
         for record in inst.timers:
             if record not in self.runner.timers:
-                self._arm(TimerHandle(record))
+                revived = self.revived.pop(record) if record in self.revived else None
+                self._arm(revived or TimerHandle(record))
         for record, handle in list(self.runner.timers.items()):
             if record not in inst.timers:
                 del self.runner.timers[record]

@@ -389,12 +389,21 @@ class Engine:
                 if runner.scope is not None:
                     runner.scope.cancel()
                 await runner.stopped.wait()
-            current = await self.storage.get(run_id)
-            if current is None:
-                raise InstanceNotFound(id)
-            cancelled = pure.cancel(current, at=self.clock.now())
-            pending = [r.seq for r in await self.storage.pending_resumes(run_id)]
-            await self.storage.put(cancelled, consume=pending)
+            persisted = False
+            try:
+                current = await self.storage.get(run_id)
+                if current is None:
+                    raise InstanceNotFound(id)
+                cancelled = pure.cancel(current, at=self.clock.now())
+                pending = [r.seq for r in await self.storage.pending_resumes(run_id)]
+                await self.storage.put(cancelled, consume=pending)
+                persisted = True
+            finally:
+                if not persisted and not self._closed:
+                    # The run was stopped but not cancelled (the storage failed):
+                    # restart it from its last persisted state, or its timers and
+                    # running steps would wait for the next engine.
+                    self._spawn(run_id)
         self._drop_lock(run_id)
         self.bus.emit("instance.cancel", {}, self.metadata_for(cancelled))
         self._finished(cancelled)

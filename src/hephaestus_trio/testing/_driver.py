@@ -65,8 +65,9 @@ class OutcomeScript:
     outcomes: Mapping[str, Outcome]
     """step key -> what that step does."""
     choices: tuple[int, ...] = ()
-    """Which active step moves next: move *n* picks ``sorted(active)[choices[n] % len]``;
-    once the choices run out, the first active step moves."""
+    """Which active step moves next. The candidates are the running steps, sorted,
+    then the parked ones, sorted; move *n* picks candidate ``choices[n] % count``
+    and, once the choices run out, the first candidate."""
 
     def as_context(self) -> dict[str, Any]:
         """Context for a run on the running engine: generated steps read their outcome here."""
@@ -122,9 +123,11 @@ def run_script(
             inst = advance(inst, workflow=workflow, at=at())
             trace.append(inst)
             continue
-        active = sorted(inst.active_steps)
+        # Running steps first, parked ones after: by default every running
+        # step moves (and maybe parks) before anything parked is resumed.
+        movable = sorted(inst.running_steps) + sorted(inst.waiting_steps)
         choice = script.choices[moves - 1] if moves - 1 < len(script.choices) else 0
-        key = active[choice % len(active)]
+        key = movable[choice % len(movable)]
         outcome = script.outcomes[key]
         if key in inst.waiting_steps:
             offered = outcome.resume_with or outcome.event

@@ -1,0 +1,133 @@
+"""The public API: everything in ``hephaestus_trio.__all__`` resolves, once, in order."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import hephaestus_trio
+import hephaestus_trio.engine
+import hephaestus_trio.serialization
+import hephaestus_trio.testing
+
+NAMESPACES = [
+    hephaestus_trio,
+    hephaestus_trio.engine,
+    hephaestus_trio.serialization,
+    hephaestus_trio.testing,
+]
+
+
+def test_every_name_in_all_resolves() -> None:
+    for module in NAMESPACES:
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert missing == [], (module.__name__, missing)
+
+
+def isort_style(name: str) -> tuple[int, str]:
+    """The order ruff's RUF022 keeps ``__all__`` in: CONSTANTS, then Classes, then the rest."""
+    if name.isupper():
+        return (0, name)
+    if name[0].isupper():
+        return (1, name)
+    return (2, name)
+
+
+def test_all_is_sorted_without_duplicates() -> None:
+    for module in NAMESPACES:
+        names = list(module.__all__)
+        assert len(names) == len(set(names)), (module.__name__, names)
+        assert names == sorted(names, key=isort_style), module.__name__
+
+
+def test_the_sort_order_is_the_isort_style_one() -> None:
+    names = ["step", "Step", "EVENT_NAMES", "__version__", "Backpressure", "DONE"]
+    assert sorted(names, key=isort_style) == [
+        "DONE",
+        "EVENT_NAMES",
+        "Backpressure",
+        "Step",
+        "__version__",
+        "step",
+    ]
+
+
+def test_spec_names_are_public() -> None:
+    spec_names = {
+        "Step",
+        "Complete",
+        "Suspend",
+        "Fail",
+        "step",
+        "Workflow",
+        "Unique",
+        "route",
+        "Done",
+        "Wait",
+        "WaitForEvent",
+        "Debug",
+        "RetryPolicy",
+        "RestartPolicy",
+        "Instance",
+        "Context",
+        "ExecutionEntry",
+        "Status",
+        "TimerRecord",
+        "HephaestusError",
+        "WorkflowDefinitionError",
+        "UndeclaredEvent",
+        "InstanceNotFound",
+        "InvalidResume",
+        "NotCancellable",
+        "Backpressure",
+        "AlreadyRunning",
+        "AmbiguousInstance",
+        "StorageError",
+        "engine",
+        "serialization",
+    }
+    assert spec_names <= set(hephaestus_trio.__all__)
+
+
+def test_pure_engine_facade_has_the_spec_functions() -> None:
+    assert {
+        "advance",
+        "complete_step",
+        "activate_transitions",
+        "resume_step",
+        "check_completion",
+        "fail",
+        "cancel",
+        "park",
+    } <= set(hephaestus_trio.engine.__all__)
+    assert {"dumps", "loads"} <= set(hephaestus_trio.serialization.__all__)
+
+
+def test_every_error_derives_from_hephaestus_error() -> None:
+    errors = [
+        getattr(hephaestus_trio, name)
+        for name in hephaestus_trio.__all__
+        if isinstance(getattr(hephaestus_trio, name), type)
+        and issubclass(getattr(hephaestus_trio, name), BaseException)
+    ]
+    assert len(errors) >= 10
+    for error in errors:
+        assert issubclass(error, hephaestus_trio.HephaestusError), error
+    assert issubclass(hephaestus_trio.WorkflowDefinitionError, TypeError)
+
+
+def test_importing_the_package_does_not_import_testing_or_hypothesis() -> None:
+    code = textwrap.dedent(
+        """
+        import sys
+        import hephaestus_trio
+        loaded = sorted(
+            m for m in sys.modules
+            if m == "hypothesis" or m.startswith(("hypothesis.", "hephaestus_trio.testing"))
+            or m in ("pytest", "psycopg", "psycopg_pool", "opentelemetry", "prometheus_client")
+        )
+        assert loaded == [], loaded
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
