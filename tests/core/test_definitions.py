@@ -911,6 +911,11 @@ def test_jitter_uses_the_injected_random() -> None:
     assert RetryPolicy(backoff="constant", base=2.0).delay(1, random.Random(7)) == 2.0
 
 
+def test_jitter_without_an_rng_is_refused_rather_than_made_up() -> None:
+    with pytest.raises(ValueError, match="rng"):
+        RetryPolicy(jitter=True).delay(1)
+
+
 def test_should_retry_counts_attempts_from_one() -> None:
     policy = RetryPolicy(max_attempts=3)
     assert [policy.should_retry(k) for k in (1, 2, 3)] == [True, True, False]

@@ -191,3 +191,12 @@ def test_check_json_safe_names_the_path() -> None:
     check_json_safe({"a": [1, {"b": None}]})
     with pytest.raises(TypeError, match=r"payload\['a'\]\[1\]\['b'\] is a tuple"):
         check_json_safe({"a": [1, {"b": (1,)}]}, "payload")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("workflow", ["a", "list"]), ("workflow_version", "1"), ("id", 7), ("run_id", None)],
+)
+def test_wrongly_typed_fields_are_refused_not_coerced(field: str, value: Any) -> None:
+    with pytest.raises(StorageError, match=field):
+        loads(_mangled(**{field: value}))

@@ -5,11 +5,13 @@ The runtime sleeps; these functions only decide how long and whether.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    import random
 
 __all__ = ["RestartPolicy", "RetryPolicy"]
 
@@ -55,7 +57,11 @@ class RetryPolicy:
         """Seconds to wait after failed attempt ``attempt`` before the next one.
 
         ``rng`` is only consulted when ``jitter`` is on; the runtime passes its own
-        injected ``random.Random`` so tests can make it deterministic.
+        injected ``random.Random`` so tests can make it deterministic. The core
+        never makes randomness itself.
+
+        Raises:
+            ValueError: ``jitter`` is on and no ``rng`` was given.
         """
         if self.backoff == "constant":
             raw = self.base
@@ -65,7 +71,9 @@ class RetryPolicy:
             raw = self.base * 2 ** (attempt - 1)
         wait = min(raw, self.max_backoff)
         if self.jitter:
-            wait *= (rng or random.Random()).uniform(0.5, 1.0)
+            if rng is None:
+                raise ValueError("RetryPolicy(jitter=True).delay() needs an rng")
+            wait *= rng.uniform(0.5, 1.0)
         return float(wait)
 
     def should_retry(self, attempt: int) -> bool:

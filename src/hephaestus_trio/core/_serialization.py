@@ -29,11 +29,25 @@ def _structure_datetime(value: Any, _: type) -> datetime:
     return parsed.astimezone(UTC)
 
 
+def _exactly(kind: type[Any]) -> Any:
+    def structure(value: Any, _: type) -> Any:
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    return structure
+
+
 def make_converter() -> cattrs.Converter:
     """A fresh converter configured for the instance model (never the global one)."""
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_unstructure_hook(datetime, lambda d: d.astimezone(UTC).isoformat())
     converter.register_structure_hook(datetime, _structure_datetime)
+    # cattrs would coerce (str([1]) == "[1]"); a corrupt record must fail instead.
+    for exact in (str, int, float, bool):
+        converter.register_structure_hook(exact, _exactly(exact))
     # Sets are sorted so that equal instances serialize to equal text.
     keys, edges = frozenset[str], frozenset[tuple[str, str]]
     converter.register_unstructure_hook_func(lambda t: t == keys, lambda s: sorted(s))
