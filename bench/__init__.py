@@ -1,0 +1,355 @@
+"""Benchmarks of hephaestus-trio against bare-Trio baselines measured in the same run.
+
+Run from the repository root::
+
+    python -m bench            # the full run (about a minute or two)
+    python -m bench --quick    # a small smoke run (seconds)
+
+Every row compares the engine with a baseline that runs the same DAG and the
+same step code with plain Trio tasks and no engine; in durable mode the
+baseline writes the same records (the run's JSON after every transition) to
+SQLite with batched commits in one worker thread. ``bench/README.md`` has the
+definitions, the targets and the latest table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from . import _measure as m
+
+__all__ = ["Row", "Sizes", "main", "run"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@attrs.frozen
+class Sizes:
+    throughput: int = 2000
+    repeats: int = 3
+    latency_memory: int = 300
+    latency_sqlite: int = 100
+    parked: int = 20_000
+    recovery: int = 10_000
+    resume_memory: int = 300
+    resume_sqlite: int = 100
+
+
+QUICK = Sizes(
+    throughput=200,
+    repeats=1,
+    latency_memory=20,
+    latency_sqlite=10,
+    parked=500,
+    recovery=500,
+    resume_memory=20,
+    resume_sqlite=10,
+)
+
+
+@attrs.frozen
+class Row:
+    """One line of the table: both measurements and how they compare."""
+
+    key: str
+    label: str
+    engine: float
+    baseline: float
+    unit: str
+    higher_is_better: bool
+    target: str = "-"
+    met: bool | None = None
+    shortfall: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """engine / baseline."""
+        return self.engine / self.baseline if self.baseline else float("inf")
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "inst/s":
+        return f"{value:,.0f} inst/s"
+    if unit == "s":
+        if value < 1e-3:
+            return f"{value * 1e6:,.0f} us"
+        if value < 1.0:
+            return f"{value * 1e3:,.2f} ms"
+        return f"{value:,.2f} s"
+    return f"{value:,.2f} {unit}"
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+    headers = (
+        "",
+        "measurement",
+        "hephaestus-trio",
+        "bare-Trio baseline",
+        "engine/baseline",
+        "target",
+        "verdict",
+    )
+    cells = []
+    for row in rows:
+        if row.met is None:
+            verdict = "-"
+        elif row.met:
+            verdict = "met"
+        else:
+            verdict = f"MISSED ({row.shortfall})"
+        cells.append(
+            (
+                row.key,
+                row.label,
+                _fmt(row.engine, row.unit),
+                _fmt(row.baseline, row.unit),
+                f"{row.ratio:.3g}",
+                row.target,
+                verdict,
+            )
+        )
+    table = [headers, *cells]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(headers))]
+    lines = [
+        "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+        for r in table
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    """What the numbers were measured on (no host names, no paths)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpus (nproc)": str(os.cpu_count()),
+        "cpu model": cpu,
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "trio": trio.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "os": f"{platform.system()} {platform.release()}",
+        "temp dir filesystem": _filesystem(tempfile.gettempdir()),
+        "load average at start": _loadavg(),
+    }
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg", encoding="ascii") as loadavg:
+            return " ".join(loadavg.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _filesystem(path: str) -> str:
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            entries = [line.split() for line in mounts]
+    except OSError:
+        return "unknown"
+    best = ("", "unknown")
+    real = os.path.realpath(path)
+    for entry in entries:
+        mount, kind = entry[1], entry[2]
+        if (real == mount or real.startswith(mount.rstrip("/") + "/")) and len(mount) > len(
+            best[0]
+        ):
+            best = (mount, kind)
+    return best[1]
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _best(repeats: int, higher: bool, measure: Callable[[], float]) -> float:
+    values = [measure() for _ in range(repeats)]
+    return max(values) if higher else min(values)
+
+
+def _child(side: str, kind: str, count: int, tmp: Path) -> float:
+    """Parked-RSS measurements run in a fresh interpreter: RSS deltas in a process that
+    already allocated (and freed) memory would be too low."""
+    command = [sys.executable, "-m", "bench", "--child", side, kind, str(count), str(tmp)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[2:])} failed:\n{result.stderr}")
+    return float(json.loads(result.stdout.strip().splitlines()[-1])["value"])
+
+
+def _run_child(side: str, kind: str, count: int, tmp: Path) -> None:
+    function = m.engine_parked_rss if side == "engine" else m.baseline_parked_rss
+    value = trio.run(function, kind, count, tmp)
+    print(json.dumps({"value": value}))
+
+
+def _progress(text: str, out: Any) -> None:
+    print(f"  ... {text}", file=out, flush=True)
+
+
+def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
+    """Run the benchmarks (or the ``only`` ones: a b c d e) and return the rows."""
+    out = out or sys.stderr
+    rows: list[Row] = []
+    wanted = only or {"a", "b", "c", "d", "e"}
+    trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
+
+    if "a" in wanted:
+        for kind, target in (("memory", 1 / 3), ("sqlite", 1 / 2)):
+            _progress(f"(a) throughput, {sizes.throughput} instances, {kind}", out)
+            engine, baseline = 0.0, 0.0
+            for _ in range(sizes.repeats):  # interleaved, best of each
+                engine = max(engine, trio.run(m.engine_throughput, kind, sizes.throughput, tmp))
+                baseline = max(
+                    baseline, trio.run(m.baseline_throughput, kind, sizes.throughput, tmp)
+                )
+            ratio = engine / baseline
+            rows.append(
+                Row(
+                    key="a",
+                    label=f"throughput, {sizes.throughput:,} orders, {kind}",
+                    engine=engine,
+                    baseline=baseline,
+                    unit="inst/s",
+                    higher_is_better=True,
+                    target=f">= {target:.2g} of baseline",
+                    met=ratio >= target,
+                    shortfall=f"{ratio:.3g} of baseline; needs {target / ratio:.1f}x faster",
+                )
+            )
+
+    if "b" in wanted:
+        for kind, runs in (("memory", sizes.latency_memory), ("sqlite", sizes.latency_sqlite)):
+            _progress(f"(b) single-instance latency, {runs} runs, {kind}", out)
+            engine = trio.run(m.engine_latency, kind, runs, tmp)
+            baseline = trio.run(m.baseline_latency, kind, runs, tmp)
+            rows.append(
+                Row(
+                    "b",
+                    f"latency of one order (mean of {runs}), {kind}",
+                    engine,
+                    baseline,
+                    "s",
+                    False,
+                )
+            )
+
+    if "c" in wanted:
+        baseline = _child("baseline", "memory", sizes.parked, tmp)
+        for kind in ("memory", "sqlite"):
+            _progress(f"(c) RSS per parked instance, {sizes.parked} parked, {kind}", out)
+            engine = _child("engine", kind, sizes.parked, tmp)
+            rows.append(
+                Row(
+                    key="c",
+                    label=f"RSS per parked instance ({sizes.parked:,} parked), {kind}",
+                    engine=engine,
+                    baseline=baseline,
+                    unit="KiB",
+                    higher_is_better=False,
+                    target="<= 4 KiB",
+                    met=engine <= 4.0,
+                    shortfall=f"{engine - 4.0:.2f} KiB over",
+                )
+            )
+
+    if "d" in wanted:
+        _progress(f"(d) recovery of {sizes.recovery} parked instances, sqlite", out)
+        path = tmp / "recovery.db"
+        trio.run(m.prepare_parked_db, path, sizes.recovery)
+        engine = _best(
+            sizes.repeats, False, lambda: trio.run(m.engine_recovery, path, sizes.recovery)
+        )
+        baseline = _best(
+            sizes.repeats, False, lambda: trio.run(m.baseline_recovery, path, sizes.recovery)
+        )
+        rows.append(
+            Row(
+                key="d",
+                label=f"open_engine recovering {sizes.recovery:,} parked, sqlite",
+                engine=engine,
+                baseline=baseline,
+                unit="s",
+                higher_is_better=False,
+                target="< 2 s",
+                met=engine < 2.0,
+                shortfall=f"{engine - 2.0:.2f} s over",
+            )
+        )
+
+    if "e" in wanted:
+        for kind, runs in (("memory", sizes.resume_memory), ("sqlite", sizes.resume_sqlite)):
+            _progress(f"(e) resume-to-next-step latency, {runs} resumes, {kind}", out)
+            engine = trio.run(m.engine_resume_latency, kind, runs, tmp)
+            baseline = trio.run(m.baseline_resume_latency, kind, runs, tmp)
+            rows.append(
+                Row(
+                    "e",
+                    f"resume -> next step starts (mean of {runs}), {kind}",
+                    engine,
+                    baseline,
+                    "s",
+                    False,
+                )
+            )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--only", metavar="LETTERS", help="run only these rows, e.g. --only ad")
+    parser.add_argument(
+        "--profile",
+        choices=("memory", "sqlite"),
+        help="instead of the table: where the engine's time goes in row (a)",
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        side, kind, count, tmp = args.child
+        _run_child(side, kind, int(count), Path(tmp))
+        return 0
+    if args.profile:
+        from ._profile import profile_throughput
+
+        count = QUICK.throughput if args.quick else Sizes().throughput
+        with tempfile.TemporaryDirectory(prefix="hephaestus-bench-") as tmp:
+            print(profile_throughput(args.profile, count, Path(tmp)))
+        return 0
+    sizes = QUICK if args.quick else Sizes()
+    only = set(args.only) if args.only else None
+    print("hephaestus-trio benchmarks" + (" (--quick)" if args.quick else ""))
+    for name, value in machine().items():
+        print(f"  {name}: {value}")
+    with tempfile.TemporaryDirectory(prefix="hephaestus-bench-") as tmp:
+        rows = run(sizes, Path(tmp), only)
+    print()
+    print(format_rows(rows))
+    if args.quick:
+        print("\n(--quick: sizes too small for meaningful numbers, memory rows especially)")
+    return 0

@@ -1,0 +1,417 @@
+"""The commands ``graph``, ``list``, ``show``, ``resume`` and ``cancel``.
+
+``list`` and ``show`` only read the storage. ``resume`` and ``cancel`` open a
+running engine on a *view* of the storage that holds one business id
+(``OneRunStorage``): the engine recovers nothing by itself, so the command
+never executes other runs' steps; the call wakes the named run, exactly as
+it would in an application.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import trio
+
+from .._errors import AmbiguousInstance, InstanceNotFound, UnknownWorkflow
+from ..core._instance import Instance, Status
+from ..core._serialization import dumps
+from ..core._workflow import Workflow, get_workflow
+from ..observability import Event
+from ..runtime import open_engine
+from ..storage import ResumeRecord, SQLiteStorage, Storage, storage_from_url
+from ._progress import Progress
+
+__all__ = [
+    "CLIError",
+    "OneRunStorage",
+    "cmd_cancel",
+    "cmd_graph",
+    "cmd_list",
+    "cmd_resume",
+    "cmd_show",
+    "format_table",
+    "import_module",
+    "open_storage",
+]
+
+
+class CLIError(Exception):
+    """A user error the command line reports in one line (exit status 2)."""
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Left-aligned plain-text columns separated by two spaces."""
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _stamp(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _short_workflow(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _matches_workflow(instance: Instance, workflow: str | None) -> bool:
+    return workflow is None or workflow in (instance.workflow, _short_workflow(instance.workflow))
+
+
+def import_module(spec: str) -> ModuleType:
+    """Import ``spec``: a dotted module name (the current directory is importable)
+    or a path to a ``.py`` file (imported under its file name).
+
+    Raises:
+        CLIError: the import failed (the message names the error).
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        if spec.endswith(".py"):
+            path = Path(spec)
+            if not path.is_file():
+                raise CLIError(f"cannot import {spec!r}: no such file")
+            name = path.stem
+            if name in sys.modules:
+                if getattr(sys.modules[name], "__file__", None) == str(path.resolve()):
+                    return sys.modules[name]
+                raise CLIError(
+                    f"cannot import {spec!r}: another module named {name!r} is already "
+                    "imported; import the file by its dotted module name instead"
+                )
+            loader_spec = importlib.util.spec_from_file_location(name, path.resolve())
+            if loader_spec is None or loader_spec.loader is None:
+                raise CLIError(f"cannot import {spec!r}: not a Python module")
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return module
+        return importlib.import_module(spec)
+    except CLIError:
+        raise
+    except Exception as exc:
+        raise CLIError(f"cannot import {spec!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def import_workflows(modules: Sequence[str]) -> None:
+    """Import every ``--workflow-module`` (their workflow classes register themselves)."""
+    from . import _demo_flow  # noqa: F401  (the demo's OrderFlow is always known)
+
+    for spec in modules:
+        import_module(spec)
+
+
+def open_storage(url: str) -> Storage:
+    """An unopened storage for ``url``; an SQLite file must already exist.
+
+    Raises:
+        CLIError: the URL is bad, or names a missing SQLite file (inspecting must
+            not create an empty database by accident).
+    """
+    try:
+        storage = storage_from_url(url)
+    except Exception as exc:
+        raise CLIError(str(exc)) from exc
+    if isinstance(storage, SQLiteStorage) and not os.path.isfile(storage.path):
+        raise CLIError(
+            f"no SQLite database at {storage.path!r} (from {url!r}); "
+            "run 'hephaestus-trio demo' to create the demo's, or pass --storage"
+        )
+    return storage
+
+
+async def _find_run(storage: Storage, id: str, workflow: str | None) -> tuple[Instance, int]:
+    """(the live run of ``id``, else its latest, number of runs); ``id`` may be a run id."""
+    runs = [i for i in await storage.query(id=id) if _matches_workflow(i, workflow)]
+    if not runs:
+        by_run_id = await storage.get(id)
+        if by_run_id is not None and _matches_workflow(by_run_id, workflow):
+            return by_run_id, 1
+        raise InstanceNotFound(id)
+    live = [i for i in runs if i.status.is_live]
+    if len(live) > 1:
+        raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
+    return (live[0] if live else runs[-1]), len(runs)
+
+
+class OneRunStorage:
+    """A view of ``inner`` that shows only the runs of business id ``id``.
+
+    Queries without that id (what an engine runs to recover on open) return
+    nothing, so an engine opened on this view runs no other run's steps, and
+    does not run the named one either until a call wakes it.
+    """
+
+    def __init__(self, inner: Storage, id: str) -> None:
+        self._inner = inner
+        self._id = id
+        self.durable = inner.durable
+
+    async def __aenter__(self) -> OneRunStorage:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        await self._inner.open()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+    async def get(self, run_id: str) -> Instance | None:
+        found = await self._inner.get(run_id)
+        return found if found is not None and found.id == self._id else None
+
+    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
+        await self._inner.put(instance, consume=consume)
+
+    async def delete(self, run_id: str) -> None:
+        await self._inner.delete(run_id)
+
+    async def query(
+        self,
+        *,
+        status: Status | str | None = None,
+        status_in: Sequence[Status | str] | None = None,
+        workflow: str | None = None,
+        workflow_version: int | None = None,
+        id: str | None = None,
+    ) -> list[Instance]:
+        if id != self._id:
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self._inner.query(
+            status=status,
+            status_in=status_in,
+            workflow=workflow,
+            workflow_version=workflow_version,
+            id=id,
+        )
+
+    async def add_resume(self, run_id: str, step: str, event: str, at: datetime) -> ResumeRecord:
+        return await self._inner.add_resume(run_id, step, event, at)
+
+    async def pending_resumes(self, run_id: str | None = None) -> list[ResumeRecord]:
+        if run_id is None:
+            await trio.lowlevel.checkpoint()
+            return []
+        return await self._inner.pending_resumes(run_id)
+
+    async def delete_resume(self, seq: int) -> None:
+        await self._inner.delete_resume(seq)
+
+    async def purge(self, older_than: datetime) -> int:
+        await trio.lowlevel.checkpoint()
+        return 0
+
+
+def _describe(instance: Instance) -> str:
+    """One line: where a run stands."""
+    parts = [f"{instance.id} is {instance.status.value}"]
+    running = sorted(instance.running_steps)
+    if running:
+        parts.append(f"running {', '.join(running)}")
+    if instance.waiting_steps:
+        parked = []
+        for key in sorted(instance.waiting_steps):
+            timers = [t for t in instance.timers if t.step == key]
+            when = f" (timer {timers[0].event!r} at {_stamp(timers[0].fire_at)})" if timers else ""
+            parked.append(key + when)
+        parts.append(f"parked: {', '.join(parked)}")
+    if instance.error is not None:
+        parts.append(f"error: {instance.error}")
+    return "; ".join(parts)
+
+
+# -- graph ---------------------------------------------------------------------------
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    """Print ``MODULE:Workflow`` as ASCII or Mermaid."""
+    module_name, colon, attribute = str(args.target).rpartition(":")
+    if not colon or not module_name or not attribute:
+        raise CLIError(
+            f"expected MODULE:Workflow (e.g. examples.order_flow:OrderFlow), got {args.target!r}"
+        )
+    module = import_module(module_name)
+    obj: Any = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not (isinstance(obj, type) and issubclass(obj, Workflow)):
+        raise CLIError(f"{args.target!r} is {obj!r}, not a Workflow class")
+    text = obj.to_mermaid() if args.format == "mermaid" else obj.to_ascii()
+    sys.stdout.write(text)
+    return 0
+
+
+# -- list / show -----------------------------------------------------------------------
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    """Print the runs matching ``--status`` and ``--workflow``, oldest first."""
+    async with open_storage(args.storage) as storage:
+        runs = await storage.query(status=args.status)
+    runs = [i for i in runs if _matches_workflow(i, args.workflow)]
+    if args.json:
+        print(json.dumps([json.loads(dumps(i)) for i in runs], indent=2))
+        return 0
+    if not runs:
+        print("no runs match")
+        return 0
+    rows = [
+        (
+            i.id,
+            _short_workflow(i.workflow),
+            i.workflow_version,
+            i.status.value,
+            ", ".join(sorted(i.active_steps)) or "-",
+            _stamp(i.updated_at),
+        )
+        for i in runs
+    ]
+    print(format_table(("ID", "WORKFLOW", "V", "STATUS", "ACTIVE", "UPDATED"), rows))
+    print(f"{len(runs)} run(s)")
+    return 0
+
+
+async def cmd_show(args: argparse.Namespace) -> int:
+    """Print one run: status, steps, timers, error, context and history."""
+    async with open_storage(args.storage) as storage:
+        instance, count = await _find_run(storage, args.id, args.workflow)
+    if args.json:
+        print(json.dumps(json.loads(dumps(instance)), indent=2))
+        return 0
+    i = instance
+    fields = [
+        ("id", i.id),
+        (
+            "run",
+            i.run_id + (f"  ({count} runs share this id; showing this one)" if count > 1 else ""),
+        ),
+        ("workflow", f"{i.workflow} (version {i.workflow_version})"),
+        ("status", i.status.value),
+        ("created", _stamp(i.created_at)),
+        ("updated", _stamp(i.updated_at)),
+        ("running", ", ".join(sorted(i.running_steps)) or "-"),
+        ("parked", ", ".join(sorted(i.waiting_steps)) or "-"),
+        ("completed", ", ".join(sorted(i.completed_steps)) or "-"),
+    ]
+    for timer in i.timers:
+        fields.append(("timer", f"{timer.step} <- {timer.event!r} at {_stamp(timer.fire_at)}"))
+    if i.error is not None:
+        fields.append(("error", str(i.error)))
+    fields.append(("context", json.dumps(dict(i.context.initial), sort_keys=True)))
+    for key, updates in i.context.steps.items():
+        fields.append((f"  {key}", json.dumps(dict(updates), sort_keys=True)))
+    if i.runtime_metadata:
+        fields.append(("metadata", json.dumps(dict(i.runtime_metadata), sort_keys=True)))
+    width = max(len(name) for name, _ in fields)
+    for name, value in fields:
+        print(f"{name + ':':<{width + 1}}  {value}")
+    print()
+    if i.execution_history:
+        rows = [
+            (n, _stamp(e.timestamp), e.step, e.event, e.attempt)
+            for n, e in enumerate(i.execution_history, 1)
+        ]
+        print(format_table(("#", "AT", "STEP", "EVENT", "ATTEMPT"), rows))
+    else:
+        print("no step has completed yet")
+    return 0
+
+
+# -- resume / cancel -------------------------------------------------------------------
+
+
+def _workflow_of(instance: Instance) -> type[Workflow]:
+    try:
+        return get_workflow(instance.workflow)
+    except UnknownWorkflow:
+        raise CLIError(
+            f"run {instance.id!r} uses workflow {instance.workflow!r}, which is not loaded; "
+            "pass --workflow-module MODULE (the module that defines it)"
+        ) from None
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    """Resume a parked run and run it until it settles (or ``--wait`` passes)."""
+    import_workflows(args.workflow_modules)
+    storage = open_storage(args.storage)
+    progress = Progress()
+    progress.source = "resume"
+    settled = trio.Event()
+    state = {"resumed": False, "status": ""}
+
+    def watch(event: Event) -> None:
+        if event.metadata.get("instance_id") != args.id:
+            return
+        if event.name == "workflow.transition":
+            state["status"] = str(event.metadata.get("to_status"))
+            if state["resumed"] and state["status"] == "waiting":
+                settled.set()
+        elif event.name == "step.resume":
+            state["resumed"] = True
+            if state["status"] == "waiting":
+                settled.set()
+        elif event.name == "workflow.stop":
+            settled.set()
+
+    view = OneRunStorage(storage, args.id)
+    async with open_engine(view, handlers=[watch]) as engine:
+        engine.subscribe(progress)  # after runner.init, which says nothing useful here
+        before = await engine.get(args.id, workflow=args.workflow)
+        if before.status.is_live:
+            engine.register(_workflow_of(before))
+        await engine.resume(args.id, args.event, step=args.step, workflow=args.workflow)
+        how = " (recorded durably)" if view.durable else ""
+        progress.say(f"resume {args.event!r} accepted{how}", subject=args.id)
+        with trio.move_on_after(args.wait):
+            await settled.wait()
+        after = await engine.get(args.id, workflow=args.workflow)
+    print(_describe(after))
+    if after.status.is_live and not settled.is_set():
+        print(
+            f"still {after.status.value} after {args.wait:g}s; the next engine opened on "
+            "this storage continues it"
+        )
+    return 0
+
+
+async def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a live run (no step runs)."""
+    import_workflows(args.workflow_modules)
+    storage = open_storage(args.storage)
+    async with open_engine(OneRunStorage(storage, args.id)) as engine:
+        before = await engine.get(args.id, workflow=args.workflow)
+        cancelled = await engine.cancel(args.id, workflow=args.workflow)
+    print(f"cancelled {cancelled.id} (run {cancelled.run_id}; it was {before.status.value})")
+    return 0

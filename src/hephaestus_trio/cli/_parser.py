@@ -1,0 +1,222 @@
+"""The argument parser: one ``configure_<command>_parser`` per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+
+from .._version import __version__
+from ..core._instance import Status
+
+__all__ = ["DEFAULT_DB", "DEFAULT_STORAGE", "build_parser"]
+
+DEFAULT_DB = "hephaestus-demo.db"
+"""The demo's database, in the current directory."""
+DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DB}"
+"""Storage URL of the commands that inspect runs: the demo's database."""
+
+_DESCRIPTION = """\
+Durable workflows for Trio: run the demo, draw a workflow, inspect and steer runs.
+
+Commands that take --storage read runs from a storage URL: sqlite:///relative.db,
+sqlite:////absolute/path.db or memory:// (default: %(default_storage)s, the demo's).
+Exit status: 0 on success, 1 when the demo ends unexpectedly, 2 on a usage error,
+an unknown id or a refused call (one line on stderr, no traceback).
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _storage_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--storage",
+        metavar="URL",
+        default=DEFAULT_STORAGE,
+        help=f"storage URL (default: {DEFAULT_STORAGE})",
+    )
+    return parent
+
+
+def _workflow_module_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workflow-module",
+        metavar="MODULE",
+        action="append",
+        default=[],
+        dest="workflow_modules",
+        help=(
+            "import MODULE (dotted name, or a path to a .py file) so its workflows can run; "
+            "repeatable. The demo's OrderFlow is always known. The current directory is "
+            "importable."
+        ),
+    )
+
+
+def configure_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "demo",
+        help="run the order workflow on SQLite, crash the engine mid-run and recover",
+        description=(
+            "Runs a few orders through the order workflow on SQLite with live progress. "
+            "The first engine runs in a child process and is killed (SIGKILL) while some "
+            "orders sleep in their durable Wait and others run steps; a second engine then "
+            "recovers every run from the database and finishes them. Each run uses fresh "
+            "order ids, so re-running on the same database keeps the earlier runs."
+        ),
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=DEFAULT_DB,
+        help=f"SQLite database file (default: ./{DEFAULT_DB}; created if missing)",
+    )
+    parser.add_argument(
+        "--orders",
+        metavar="N",
+        type=_positive_int,
+        default=6,
+        help="number of orders (default: 6; the outcomes cycle through every path)",
+    )
+    # Internal: the child process that plays the engine which gets killed.
+    parser.add_argument("--engine-child", metavar="TAG", default=None, help=argparse.SUPPRESS)
+
+
+def configure_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "graph",
+        help="draw a workflow as Mermaid or ASCII",
+        description="Import MODULE and print the graph of its workflow class.",
+    )
+    parser.add_argument(
+        "target",
+        metavar="MODULE:Workflow",
+        help="e.g. examples.order_flow:OrderFlow (MODULE may also be a path to a .py file)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("ascii", "mermaid"),
+        default="ascii",
+        help="output format (default: ascii)",
+    )
+
+
+def configure_list_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "list", parents=[storage], help="list runs", description="List runs, oldest first."
+    )
+    parser.add_argument(
+        "--status",
+        choices=[s.value for s in Status],
+        help="only runs with this status",
+    )
+    parser.add_argument(
+        "--workflow",
+        metavar="NAME",
+        help="only runs of this workflow (registry name or class name)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON array of instances")
+
+
+def configure_show_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "show",
+        parents=[storage],
+        help="show one run with its history",
+        description=(
+            "Show the live run of ID (a business id like orderid::abc, or a run id), "
+            "else its most recent run."
+        ),
+    )
+    parser.add_argument("id", metavar="ID")
+    parser.add_argument("--workflow", metavar="NAME", help="choose among runs sharing ID")
+    parser.add_argument("--json", action="store_true", help="print the instance as JSON")
+
+
+def configure_resume_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "resume",
+        parents=[storage],
+        help="deliver an event to a parked run and run it until it settles",
+        description=(
+            "Resume the parked step of run ID with EVENT. The command runs an engine that "
+            "sees only this run: it records the resume durably, then executes the run's "
+            "steps until the run completes, fails or parks again (or --wait passes; the "
+            "next engine on this storage continues it). The run's workflow must be "
+            "importable: see --workflow-module. SQLite has no ownership leases: do not "
+            "resume a run that an application engine is executing at the same moment."
+        ),
+    )
+    parser.add_argument("id", metavar="ID")
+    parser.add_argument("event", metavar="EVENT")
+    parser.add_argument("--step", metavar="STEP", help="step key, when several steps are parked")
+    parser.add_argument("--workflow", metavar="NAME", help="choose among live runs sharing ID")
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=30.0,
+        help="how long to run the resumed run before returning (default: 30; 0: return "
+        "once the resume is recorded)",
+    )
+    _workflow_module_option(parser)
+
+
+def configure_cancel_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "cancel",
+        parents=[storage],
+        help="cancel a live run",
+        description=(
+            "Mark the live run of ID cancelled; it never runs another step and its timers "
+            "are dropped. No step runs in this command. SQLite has no ownership leases: "
+            "an application engine executing the run at the same moment is not stopped."
+        ),
+    )
+    parser.add_argument("id", metavar="ID")
+    parser.add_argument("--workflow", metavar="NAME", help="choose among live runs sharing ID")
+    _workflow_module_option(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hephaestus-trio`` parser (also ``python -m hephaestus_trio``)."""
+    parser = argparse.ArgumentParser(
+        prog="hephaestus-trio",
+        description=_DESCRIPTION % {"default_storage": DEFAULT_STORAGE},
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    storage = _storage_options()
+    configure_demo_parser(sub)
+    configure_graph_parser(sub)
+    configure_list_parser(sub, storage)
+    configure_show_parser(sub, storage)
+    configure_resume_parser(sub, storage)
+    configure_cancel_parser(sub, storage)
+    return parser
