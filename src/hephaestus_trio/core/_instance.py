@@ -43,12 +43,13 @@ class Status(enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """Completed, failed or cancelled: the run will never change again."""
-        return self in _TERMINAL
+        # Identity tests: Enum.__hash__ is Python code, and this runs on every transition.
+        return self is Status.COMPLETED or self is Status.FAILED or self is Status.CANCELLED
 
     @property
     def is_live(self) -> bool:
         """Pending, running or waiting: the run holds its business key."""
-        return self not in _TERMINAL
+        return not self.is_terminal
 
     @classmethod
     def coerce(cls, value: Status | str) -> Status:
@@ -63,10 +64,10 @@ class Status(enum.Enum):
             ) from None
 
 
-_TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
-
-
 def _utc(value: datetime) -> datetime:
+    # Runs on every attrs.evolve of an Instance: keep the common case cheap.
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         raise ValueError(f"datetimes must be timezone-aware UTC, got naive {value!r}")
     return value.astimezone(UTC)
@@ -135,6 +136,8 @@ class ErrorRecord:
 
 
 def _frozen_strs(value: Any) -> frozenset[str]:
+    if type(value) is frozenset:
+        return value
     return frozenset(value)
 
 

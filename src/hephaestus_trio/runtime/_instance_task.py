@@ -14,7 +14,7 @@ flight. A hibernating run keeps no task; a resume wakes it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -63,6 +63,7 @@ class _Incarnation:
         self.instance = instance
         runner.instance = instance
         self.nursery: trio.Nursery | None = None
+        self.inline: str | None = None
         # After a crash of the previous incarnation its step and timer tasks
         # died with its nursery: forget them, so that _reconcile starts them
         # again from the persisted state. Timer handles are kept (a caller of
@@ -105,6 +106,12 @@ class _Incarnation:
             self.runner.pending.pop(seq, None)
         self.instance = new
         self.runner.instance = new
+        if new.is_terminal:
+            # Readers may see the terminal state from now on (engine.wait does):
+            # the run must not count as live from the same moment.
+            self.engine._unregister(self.runner)
+        if new.is_terminal and self.runner.pending:
+            await self._drop_late_resumes()
         if old.status is not new.status or old.active_steps != new.active_steps:
             self.emit(
                 "workflow.transition",
@@ -113,6 +120,18 @@ class _Incarnation:
                 to_status=new.status.value,
                 active_steps=sorted(new.active_steps),
             )
+
+    async def _drop_late_resumes(self) -> None:
+        """Delete resumes accepted while the final write was in flight: they can never
+        apply (``Engine.resume`` refuses any that arrive once the run is terminal)."""
+        for seq in sorted(self.runner.pending):
+            try:
+                await self.engine.storage.delete_resume(seq)
+            except Exception:
+                logger.exception("%s: could not drop late resume %d", self.instance.id, seq)
+                return
+            self.runner.pending.pop(seq, None)
+            self.runner.applied.add(seq)
 
     # -- main loop ---------------------------------------------------------
 
@@ -136,7 +155,10 @@ class _Incarnation:
                 await self._apply_pending()
                 self._reconcile()
                 while not self.instance.is_terminal and not self._hibernate():
-                    message = await self.recv.receive()
+                    if self.inline is not None:
+                        message = await self._run_inline(self.inline)
+                    else:
+                        message = await self.recv.receive()
                     await self._handle(message)
                     await self._apply_pending()
                     self._reconcile()
@@ -209,7 +231,21 @@ class _Incarnation:
         if inst.is_terminal:
             return
         definition = self.workflow.definition()
-        for key in sorted(inst.running_steps - set(self.runner.executing)):
+        to_start = sorted(inst.running_steps - set(self.runner.executing))
+        if (
+            len(to_start) == 1
+            and inst.active_steps == {to_start[0]}
+            and not inst.timers
+            and not self.runner.executing
+            and not self.runner.timers
+        ):
+            # The run's only active step, with nothing parked and no timer: no
+            # resume, timer or other step can need the loop while it runs, so it
+            # runs inline in the loop task instead of costing a task of its own.
+            self.inline = to_start[0]
+            self.runner.executing[self.inline] = trio.CancelScope()
+            to_start = []
+        for key in to_start:
             scope = trio.CancelScope()
             self.runner.executing[key] = scope
             self.nursery.start_soon(self._run_step, key, definition.steps[key], scope)
@@ -224,16 +260,32 @@ class _Incarnation:
 
     async def _run_step(self, key: str, step_cls: Any, scope: trio.CancelScope) -> None:
         with scope:
-            await run_step(
-                step_key=key,
-                step_cls=step_cls,
-                config=self.instance.step_configs.get(key),
-                snapshot=lambda: self.instance,
-                send=self.send,
-                emit=lambda name, m, meta: self.engine.bus.emit(name, m, meta),
-                metadata=self.meta,
-                rng=self.engine.rng,
-            )
+            await self._attempts(key, step_cls, self.send.send)
+
+    async def _run_inline(self, key: str) -> Message:
+        self.inline = None
+        reported: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            reported.append(message)
+
+        with self.runner.executing[key]:
+            await self._attempts(key, self.workflow.definition().steps[key], keep)
+        return reported[0]
+
+    async def _attempts(
+        self, key: str, step_cls: Any, report: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        await run_step(
+            step_key=key,
+            step_cls=step_cls,
+            config=self.instance.step_configs.get(key),
+            snapshot=lambda: self.instance,
+            report=report,
+            emit=self.engine.bus.emit,
+            metadata=self.meta,
+            rng=self.engine.rng,
+        )
 
     def _arm(self, handle: TimerHandle) -> None:
         assert self.nursery is not None
@@ -380,8 +432,12 @@ class _Incarnation:
         if record.step not in self.instance.waiting_steps:
             await self.commit(pure.remove_timer(self.instance, record, at=self.engine.clock.now()))
             return
-        if await self._complete(record.step, record.event):
-            self.emit("step.resume", {}, step=record.step, event=record.event, timer=True)
+        # Like a resume: a WaitForEvent's event_name is delivered as "received".
+        step_cls = self.workflow.definition().steps[record.step]
+        config = self.instance.step_configs.get(record.step)
+        event = step_cls.resume_event(config, record.event) or record.event
+        if await self._complete(record.step, event):
+            self.emit("step.resume", {}, step=record.step, event=event, timer=True)
 
     async def _on_arm_timer(self, message: ArmTimer) -> None:
         try:
@@ -390,8 +446,16 @@ class _Incarnation:
             message.error = exc
             message.handle._armed.set()
             return
-        await self.commit(new)
-        self._arm(message.handle)
+        armed = False
+        try:
+            await self.commit(new)
+            self._arm(message.handle)
+            armed = True
+        finally:
+            if not armed:
+                # This incarnation dies before arming it: answer the waiting caller.
+                message.error = InstanceRestarted(self.instance.id)
+                message.handle._armed.set()
 
 
 async def run_incarnation(

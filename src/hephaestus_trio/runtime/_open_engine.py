@@ -140,6 +140,11 @@ class Engine:
         self._unregister(runner)
 
     def _finished(self, instance: Instance) -> None:
+        # A terminal run needs no task: forget its runner now, not when its
+        # task has finished unwinding, so live_tasks is exact when wait() returns.
+        runner = self._runners.get(instance.run_id)
+        if runner is not None:
+            self._unregister(runner)
         meta = self.metadata_for(instance)
         if instance.status is Status.FAILED:
             self.bus.emit("workflow.exception", {}, {**meta, "error": str(instance.error)})
@@ -269,6 +274,11 @@ class Engine:
                 if len(runner.pending) >= self.inbox_size or runner.mailbox_full():
                     raise Backpressure(id, self.inbox_size)
                 record = await self.storage.add_resume(run_id, chosen, event, self.clock.now())
+                current = runner.instance
+                if current is not None and current.is_terminal:
+                    # The run ended (a timer won) while the resume was being recorded.
+                    await self.storage.delete_resume(record.seq)
+                    raise InvalidResume(id, event, f"the instance is {current.status.value}")
             except BaseException:
                 runner.release()
                 raise
@@ -464,7 +474,9 @@ class Engine:
                 current = await self.storage.get(run_id)
                 if current is None:
                     raise InstanceNotFound(id)
-                if current.is_terminal:
+                # A durable write is visible before its writer resumes: while the
+                # run's task still holds it, wait for the task to announce the end.
+                if current.is_terminal and run_id not in self._runners:
                     return current
                 await signal.wait()
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -52,12 +52,12 @@ async def run_step(
     step_cls: type[Step],
     config: Any,
     snapshot: Callable[[], Instance],
-    send: trio.MemorySendChannel[Message],
+    report: Callable[[Message], Awaitable[None]],
     emit: Emit,
     metadata: Mapping[str, Any],
     rng: random.Random,
 ) -> None:
-    """Run ``step_key`` until it returns or its retries are exhausted; report to the mailbox."""
+    """Run ``step_key`` until it returns or its retries are exhausted, then ``report`` it."""
     policy = step_cls.retry
     attempt = 1
     while True:
@@ -82,7 +82,7 @@ async def run_step(
                 await trio.sleep(policy.delay(attempt, rng))
                 attempt += 1
                 continue
-            await send.send(StepCrashed(step_key, exc, attempt, isinstance(exc, trio.TooSlowError)))
+            await report(StepCrashed(step_key, exc, attempt, isinstance(exc, trio.TooSlowError)))
             return
-        await send.send(StepFinished(step_key, result, attempt, trio.current_time() - started))
+        await report(StepFinished(step_key, result, attempt, trio.current_time() - started))
         return
