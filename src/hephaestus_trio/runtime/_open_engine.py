@@ -9,6 +9,7 @@ calls wake them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -570,8 +571,10 @@ async def open_engine(
     if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
         raise ValueError(f"inbox_size must be a positive int, got {inbox_size!r}")
     store: Storage = storage if storage is not None else MemoryStorage()
-    async with store:
-        async with trio.open_nursery() as nursery:
+    # A backend whose data several engines must not run at once offers a lock.
+    claim = getattr(store, "engine_lock", None)
+    with claim() if claim is not None else contextlib.nullcontext():
+        async with store, trio.open_nursery() as nursery:
             engine = Engine(
                 storage=store,
                 nursery=nursery,

@@ -33,6 +33,7 @@ in ``_sqlite_schema.py``.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sqlite3
@@ -46,6 +47,7 @@ import trio
 from .._errors import StorageError
 from ..core._instance import Instance, Status
 from ..core._serialization import dumps, loads
+from ._engine_lock import engine_lock
 from ._protocol import ResumeRecord, UniqueViolation
 from ._query import normalize_filters
 from ._sqlite_schema import SQL, check_header, prepare
@@ -130,6 +132,14 @@ class SQLiteStorage:
     def path(self) -> str:
         """The database file."""
         return self._path
+
+    def engine_lock(self) -> contextlib.AbstractContextManager[None]:
+        """The lock ``open_engine`` holds so that one engine at a time runs this file.
+
+        Raises:
+            StorageError: another running engine holds it.
+        """
+        return engine_lock(self._path)
 
     # -- lifecycle ---------------------------------------------------------------
 
