@@ -10,6 +10,7 @@ it would in an application.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -177,6 +178,12 @@ class OneRunStorage:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    def engine_lock(self) -> contextlib.AbstractContextManager[None]:
+        # The view runs an engine on the whole file: it takes the file's lock too,
+        # so it is refused while an application engine runs on that database.
+        claim = getattr(self._inner, "engine_lock", None)
+        return claim() if claim is not None else contextlib.nullcontext()
 
     async def open(self) -> None:
         await self._inner.open()

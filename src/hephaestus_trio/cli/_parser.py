@@ -166,8 +166,9 @@ def configure_resume_parser(
             "sees only this run: it records the resume durably, then executes the run's "
             "steps until the run completes, fails or parks again (or --wait passes; the "
             "next engine on this storage continues it). The run's workflow must be "
-            "importable: see --workflow-module. SQLite has no ownership leases: do not "
-            "resume a run that an application engine is executing at the same moment."
+            "importable: see --workflow-module. On SQLite one engine at a time runs a "
+            "database: while an application engine has it open the command is refused "
+            "(resume through that application instead)."
         ),
     )
     parser.add_argument("id", metavar="ID")
@@ -194,8 +195,9 @@ def configure_cancel_parser(
         help="cancel a live run",
         description=(
             "Mark the live run of ID cancelled; it never runs another step and its timers "
-            "are dropped. No step runs in this command. SQLite has no ownership leases: "
-            "an application engine executing the run at the same moment is not stopped."
+            "are dropped. No step runs in this command. On SQLite one engine at a time "
+            "runs a database: while an application engine has it open the command is "
+            "refused (cancel through that application instead)."
         ),
     )
     parser.add_argument("id", metavar="ID")
