@@ -303,3 +303,21 @@ def test_cancel_marks_the_run_cancelled_without_running_steps(
     assert cancelled.completed_steps == frozenset()  # its interrupted step never ran
     code, _, err = run_cli(capsys, "cancel", "approval::r1", "--storage", url(db))
     assert_one_line_error(code, err, "already cancelled")
+
+
+def test_resume_and_cancel_are_refused_while_an_engine_runs_the_database(
+    capsys: pytest.CaptureFixture[str], db: Path
+) -> None:
+    before = get(db, "approval::a1")
+    refused = (
+        ("cancel", "approval::a1"),
+        ("resume", "approval::a1", "received", "--wait", "0"),
+    )
+    with SQLiteStorage(db).engine_lock():  # what a running application engine holds
+        for argv in refused:
+            code, _, err = run_cli(capsys, *argv, "--storage", url(db))
+            assert_one_line_error(code, err, "in use by another running engine")
+    assert get(db, "approval::a1") == before
+    assert main(["cancel", "approval::a1", "--storage", url(db)]) == 0
+    capsys.readouterr()
+    assert get(db, "approval::a1").status is Status.CANCELLED
