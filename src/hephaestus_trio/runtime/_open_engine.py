@@ -503,7 +503,17 @@ class Engine:
 
     async def _recover(self) -> tuple[int, int]:
         live = await self.storage.query(status_in=LIVE)
-        with_resumes = {r.run_id for r in await self.storage.pending_resumes()}
+        live_ids = {i.run_id for i in live}
+        with_resumes: set[str] = set()
+        for record in await self.storage.pending_resumes():
+            if record.run_id in live_ids:
+                with_resumes.add(record.run_id)
+                continue
+            run = await self.storage.get(record.run_id)
+            if run is not None and run.is_terminal:
+                # Accepted just as its run ended, by an engine that died before it
+                # could drop it: it can never apply.
+                await self.storage.delete_resume(record.seq)
         started = hibernating = 0
         for instance in live:
             if instance.workflow not in self._workflows:
