@@ -271,7 +271,9 @@ class _Incarnation:
 
         with self.runner.executing[key]:
             await self._attempts(key, self.workflow.definition().steps[key], keep)
-        return reported[0]
+        # Nothing reported only if that step's own scope was cancelled: the loop
+        # then just re-examines the state.
+        return reported[0] if reported else Poke()
 
     async def _attempts(
         self, key: str, step_cls: Any, report: Callable[[Message], Awaitable[None]]

@@ -157,16 +157,22 @@ class Engine:
         if event is not None:
             event.set()
 
-    def _lock(self, run_id: str) -> trio.Lock:
+    @asynccontextmanager
+    async def _exclusive(self, run_id: str) -> AsyncIterator[None]:
+        """Serialize the engine calls that wake, feed or stop one run.
+
+        Locks exist only while someone holds or awaits them, so a long-lived
+        engine does not keep one per run it ever touched.
+        """
         lock = self._locks.get(run_id)
         if lock is None:
             lock = self._locks[run_id] = trio.Lock()
-        return lock
-
-    def _drop_lock(self, run_id: str) -> None:
-        lock = self._locks.get(run_id)
-        if lock is not None and not lock.locked() and not lock.statistics().tasks_waiting:
-            del self._locks[run_id]
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._locks.pop(run_id, None)
 
     async def _claim(self, run_id: str) -> Runner | None:
         """A ready runner for ``run_id``, woken if hibernating; ``None`` if the run stopped.
@@ -176,11 +182,14 @@ class Engine:
         """
         runner = self._spawn(run_id)
         runner.reserving += 1
-        await runner.state.wait_value(lambda s: s != "starting")
-        if runner.state.value == "stopped":
-            runner.reserving -= 1
-            return None
-        return runner
+        claimed = False
+        try:
+            await runner.state.wait_value(lambda s: s != "starting")
+            claimed = runner.state.value != "stopped"
+        finally:
+            if not claimed:  # stopped, or the caller was cancelled while waiting
+                runner.release()
+        return runner if claimed else None
 
     # -- lookups ---------------------------------------------------------
 
@@ -262,12 +271,13 @@ class Engine:
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
         run_id = live.run_id
-        async with self._lock(run_id):
+        async with self._exclusive(run_id):
             runner = await self._claim(run_id)
             if runner is None:
                 current = await self.storage.get(run_id)
                 status = current.status.value if current else "gone"
                 raise InvalidResume(id, event, f"the instance is {status}")
+            handed_over = False
             try:
                 instance = runner.instance
                 assert instance is not None
@@ -280,13 +290,13 @@ class Engine:
                     # The run ended (a timer won) while the resume was being recorded.
                     await self.storage.delete_resume(record.seq)
                     raise InvalidResume(id, event, f"the instance is {current.status.value}")
-            except BaseException:
-                runner.release()
-                raise
-            runner.pending[record.seq] = record
-            runner.reserving -= 1
-            runner.post(Resume(record))
-        self._drop_lock(run_id)
+                runner.pending[record.seq] = record
+                runner.reserving -= 1
+                handed_over = True
+                runner.post(Resume(record))
+            finally:
+                if not handed_over:
+                    runner.release()
 
     def _pick_step(
         self, instance: Instance, event: str, step: str | None, claimed: set[str]
@@ -353,12 +363,13 @@ class Engine:
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
-        async with self._lock(live.run_id):
+        async with self._exclusive(live.run_id):
             runner = await self._claim(live.run_id)
             if runner is None:
                 raise InvalidResume(id, event, "the instance stopped")
             instance = runner.instance
             assert instance is not None
+            handed_over = False
             try:
                 if step not in instance.waiting_steps:
                     raise InvalidResume(id, event, f"step {step!r} is not parked")
@@ -370,10 +381,10 @@ class Engine:
                 message = ArmTimer(record, handle)
                 if not runner.post(message):
                     raise Backpressure(id, self.inbox_size)
-            except BaseException:
-                runner.release()
-                raise
-        self._drop_lock(live.run_id)
+                handed_over = True  # the loop takes over the reservation
+            finally:
+                if not handed_over:
+                    runner.release()
         await handle._armed.wait()
         if message.error is not None:
             raise message.error
@@ -393,7 +404,7 @@ class Engine:
         if live is None:
             raise NotCancellable(id, latest.status.value)
         run_id = live.run_id
-        async with self._lock(run_id):
+        async with self._exclusive(run_id):
             runner = self._runners.get(run_id)
             if runner is not None:
                 runner.cancel_requested = True
@@ -415,7 +426,6 @@ class Engine:
                     # restart it from its last persisted state, or its timers and
                     # running steps would wait for the next engine.
                     self._spawn(run_id)
-        self._drop_lock(run_id)
         self.bus.emit("instance.cancel", {}, self.metadata_for(cancelled))
         self._finished(cancelled)
         return cancelled
