@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from .._errors import HephaestusError, InstanceRestarted, UndeclaredEvent
+from .._errors import HephaestusError, InstanceRestarted, UndeclaredEvent, UnknownWorkflow
 from ..core import _engine as pure
 from ..core._instance import ErrorRecord, Instance, Status, TimerRecord
 from ..core._step import Complete, Fail, Suspend
@@ -468,7 +468,15 @@ async def run_incarnation(
     if instance is None or instance.is_terminal:
         task_status.started()
         return
-    workflow = engine.workflow_for(instance)
+    try:
+        workflow = engine.workflow_for(instance)
+    except UnknownWorkflow:
+        # Not a crash: restarting cannot help, and failing the run would
+        # destroy it for want of a class. Leave it as persisted for an engine
+        # that is given its workflow.
+        logger.exception("run %s cannot run here; left as persisted", instance.id)
+        task_status.started()
+        return
     runner.metadata = engine.metadata_for(instance)
     incarnation = _Incarnation(engine, runner, instance, workflow)
     await incarnation.run(task_status=task_status)

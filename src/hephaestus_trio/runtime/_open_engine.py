@@ -265,11 +265,13 @@ class Engine:
                 has a pending resume.
             AmbiguousInstance: several live runs share ``id``; pass ``workflow=``.
             Backpressure: the run's inbox is full; nothing was recorded.
+            UnknownWorkflow: this engine was not given the run's workflow.
         """
         self._check_open()
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
+        self.workflow_for(live)  # UnknownWorkflow, before anything is touched
         run_id = live.run_id
         async with self._exclusive(run_id):
             runner = await self._claim(run_id)
@@ -355,6 +357,7 @@ class Engine:
             InstanceNotFound, AmbiguousInstance: as for ``resume``.
             InvalidResume: the run is terminal, the step is not parked, or it
                 does not declare ``event``.
+            UnknownWorkflow: this engine was not given the run's workflow.
             ValueError: ``delay`` is negative or not a number.
         """
         self._check_open()
@@ -363,6 +366,7 @@ class Engine:
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
+        self.workflow_for(live)  # UnknownWorkflow, before anything is touched
         async with self._exclusive(live.run_id):
             runner = await self._claim(live.run_id)
             if runner is None:

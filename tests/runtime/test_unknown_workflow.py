@@ -1,0 +1,80 @@
+"""A run whose workflow the engine was not given is left exactly as persisted."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import trio
+
+from hephaestus_trio import (
+    Done,
+    MemoryStorage,
+    Status,
+    Step,
+    Unique,
+    UnknownWorkflow,
+    WaitForEvent,
+    Workflow,
+    open_engine,
+    trio_wall_clock,
+)
+
+EPOCH = datetime(2030, 1, 1, tzinfo=UTC)
+RUNS: list[str] = []
+
+
+class Work(Step):
+    events = ("ok",)
+
+    async def execute(self, instance: Any, config: Any, context: Any) -> str:
+        RUNS.append(instance.id)
+        await trio.sleep(10)
+        return "ok"
+
+
+class Known(Workflow, unique=Unique(key="known")):
+    start_at = WaitForEvent
+    transitions = {(WaitForEvent, "received"): Done}
+
+
+class Busy(Workflow, unique=Unique(key="busy")):
+    start_at = Work
+    transitions = {(Work, "ok"): Done}
+
+
+async def test_unknown_workflows_are_left_untouched_and_refused_clearly(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = MemoryStorage()
+    clock = trio_wall_clock(EPOCH)
+    async with open_engine(storage, workflows=[Known, Busy], wall_clock=clock) as first:
+        parked = await first.start_instance(Known, {}, id="known::a")
+        running = await first.start_instance(Busy, {}, id="busy::a")
+        await trio.sleep(1)
+    before = {i.id: i for i in await storage.query()}
+    assert before[parked].status is Status.WAITING
+    assert before[running].status is Status.RUNNING
+    RUNS.clear()
+
+    with caplog.at_level(logging.ERROR, logger="hephaestus_trio"):
+        async with open_engine(storage, workflows=[], wall_clock=clock) as second:
+            await trio.sleep(60)
+            with pytest.raises(UnknownWorkflow, match="Known"):
+                await second.resume(parked, "received")
+            with pytest.raises(UnknownWorkflow, match="Known"):
+                await second.schedule_resume(parked, "wait_for_event", 5)
+            assert second.live_tasks == 0
+    assert RUNS == []  # nothing ran, nothing was restarted or failed
+    assert {i.id: i for i in await storage.query()} == before
+    assert await storage.pending_resumes() == []
+    assert "busy::a" in caplog.text
+
+    # An engine that is given the workflows continues both runs.
+    async with open_engine(storage, workflows=[Known, Busy], wall_clock=clock) as third:
+        await third.resume(parked, "received")
+        assert (await third.wait(parked)).status is Status.COMPLETED
+        assert (await third.wait(running)).status is Status.COMPLETED
+    assert RUNS == [running]
