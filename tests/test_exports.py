@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import hephaestus_trio
 import hephaestus_trio.engine
 import hephaestus_trio.serialization
@@ -131,3 +133,32 @@ def test_importing_the_package_does_not_import_testing_or_hypothesis() -> None:
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+FINAL = (
+    "Complete",
+    "Context",
+    "Edge",
+    "Engine",
+    "ErrorRecord",
+    "Event",
+    "ExecutionEntry",
+    "Fail",
+    "Graph",
+    "Instance",
+    "RestartPolicy",
+    "RetryPolicy",
+    "SQLiteStorage",
+    "Suspend",
+    "TimerHandle",
+    "TimerRecord",
+    "Unique",
+)
+"""Concrete public classes users use but never subclass (STYLE rule 2). ``Step``,
+``Workflow``, the built-in steps, ``MemoryStorage`` (a base for test fakes),
+``LoggingHandler`` and the exceptions stay open."""
+
+
+@pytest.mark.parametrize("name", FINAL)
+def test_concrete_public_classes_are_final(name: str) -> None:
+    assert getattr(getattr(hephaestus_trio, name), "__final__", False) is True

@@ -8,7 +8,7 @@ that raises ``WorkflowDefinitionError`` naming the workflow, steps and events.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -41,6 +41,7 @@ class RouteSpec:
         return getattr(self.fn, "__name__", repr(self.fn))
 
 
+@final
 @attrs.frozen
 class Edge:
     """One transition of the graph: ``source --event--> target``."""
@@ -52,6 +53,7 @@ class Edge:
     """True for a declared target of a ``@route`` (chosen at run time)."""
 
 
+@final
 @attrs.frozen
 class Graph:
     """Nodes (step keys, definition order) and edges of a workflow."""

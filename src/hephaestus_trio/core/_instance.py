@@ -11,7 +11,7 @@ import enum
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -73,6 +73,7 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Context:
     """What steps read: the caller's ``initial`` data and each step's ``updates``."""
@@ -83,6 +84,7 @@ class Context:
     """``step_key -> updates`` of every step that completed with updates."""
 
 
+@final
 @attrs.frozen(kw_only=True)
 class ExecutionEntry:
     """One completed step, in the order completions happened."""
@@ -99,6 +101,7 @@ class ExecutionEntry:
     """Which attempt succeeded (1 unless retried)."""
 
 
+@final
 @attrs.frozen(kw_only=True)
 class TimerRecord:
     """A durable timer: deliver ``event`` to parked ``step`` at ``fire_at``."""
@@ -111,6 +114,7 @@ class TimerRecord:
     """Wall-clock UTC deadline; on recovery the remaining time is ``fire_at - now``."""
 
 
+@final
 @attrs.frozen(kw_only=True)
 class ErrorRecord:
     """Why a run failed. ``str()`` gives the reason or the exception message."""
@@ -141,6 +145,7 @@ def _frozen_strs(value: Any) -> frozenset[str]:
     return frozenset(value)
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Instance:
     """One run of a workflow: its status, its context and everything it did.

@@ -6,7 +6,7 @@ The runtime sleeps; these functions only decide how long and whether.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
@@ -34,6 +34,7 @@ def _backoff_kind(instance: object, attribute: attrs.Attribute[str], value: str)
         raise ValueError(f"backoff must be one of {list(_BACKOFFS)}, got {value!r}")
 
 
+@final
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
     """How a step is retried after a crash (an exception or a timeout).
@@ -81,6 +82,7 @@ class RetryPolicy:
         return attempt < self.max_attempts
 
 
+@final
 @attrs.frozen(kw_only=True)
 class RestartPolicy:
     """OTP-style restart intensity for instance tasks (the *transient* strategy).

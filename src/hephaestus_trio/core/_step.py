@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, final
 
 import attrs
 
@@ -34,6 +34,7 @@ __all__ = [
 Config: TypeAlias = "Mapping[str, Any] | None"
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Complete:
     """The step finished and emits ``event``."""
@@ -46,6 +47,7 @@ class Complete:
     """Merged into ``instance.runtime_metadata``; must be JSON-safe."""
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Suspend:
     """Park the step until a resume (or a timer) delivers one of its events.
@@ -69,6 +71,7 @@ class Suspend:
             raise ValueError(f"Suspend(after=...) must be seconds >= 0, got {self.after!r}")
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Fail:
     """Business failure: the instance becomes ``failed`` and nothing is retried."""

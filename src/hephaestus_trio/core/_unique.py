@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Literal
+from typing import Literal, final
 
 import attrs
 
@@ -41,6 +41,7 @@ def _check_scope(instance: object, attribute: attrs.Attribute[str], value: str) 
         raise InvalidUnique(f"Unique scope must be one of {list(SCOPES)}, got {value!r}")
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Unique:
     """How a workflow's runs are identified and kept unique.

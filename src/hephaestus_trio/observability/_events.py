@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -27,6 +27,7 @@ EVENT_NAMES: tuple[str, ...] = (
 """The original's eleven events (dotted) plus ``instance.restart`` and ``instance.cancel``."""
 
 
+@final
 @attrs.frozen(kw_only=True)
 class Event:
     """One observation: ``name``, numeric ``measurements`` and descriptive ``metadata``.

@@ -15,7 +15,7 @@ import random
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, final
 
 import trio
 import trio_util
@@ -51,6 +51,7 @@ logger = logging.getLogger("hephaestus_trio.runtime")
 LIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
 
 
+@final
 class Engine:
     """The running engine yielded by ``open_engine``; do not construct it directly.
 

@@ -6,6 +6,8 @@ only its in-memory incarnation, re-created from the record after a restart.
 
 from __future__ import annotations
 
+from typing import final
+
 import attrs
 import trio
 
@@ -15,6 +17,7 @@ from ._messages import Message, TimerCancelled, TimerFired
 __all__ = ["TimerHandle", "run_timer"]
 
 
+@final
 @attrs.define(eq=False)
 class TimerHandle:
     """A cancellable handle on one armed timer (returned by ``schedule_resume``).
