@@ -18,6 +18,7 @@ from hephaestus_trio import (
     UnknownWorkflow,
     WaitForEvent,
     Workflow,
+    WorkflowDefinitionError,
     open_engine,
     trio_wall_clock,
 )
@@ -78,3 +79,23 @@ async def test_unknown_workflows_are_left_untouched_and_refused_clearly(
         assert (await third.wait(parked)).status is Status.COMPLETED
         assert (await third.wait(running)).status is Status.COMPLETED
     assert RUNS == [running]
+
+
+def _make_flow(name: str) -> type[Workflow]:
+    class Flow(Workflow, unique=Unique(key="flow"), name=name):
+        start_at = WaitForEvent
+        transitions = {(WaitForEvent, "received"): Done}
+
+    return Flow
+
+
+async def test_two_classes_under_one_registry_name_are_refused(autojump_clock: Any) -> None:
+    first, second = _make_flow("shared.Flow"), _make_flow("shared.Flow")
+    with pytest.raises(WorkflowDefinitionError, match=r"'shared\.Flow'.*name="):
+        async with open_engine(workflows=[first, second]):
+            pass  # pragma: no cover - never entered
+    async with open_engine(workflows=[first]) as engine:
+        engine.register(first)  # the same class again is fine
+        with pytest.raises(WorkflowDefinitionError, match="share the registry name"):
+            await engine.start_instance(second, {}, id="flow::a")
+        assert await engine.list() == []

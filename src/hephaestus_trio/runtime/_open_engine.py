@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, final
 
+import attrs
 import trio
 import trio_util
 
@@ -29,6 +30,7 @@ from .._errors import (
     InvalidResume,
     NotCancellable,
     UnknownWorkflow,
+    WorkflowDefinitionError,
 )
 from ..core import _engine as pure
 from ..core._facade import current_engine
@@ -49,6 +51,22 @@ __all__ = ["Engine", "open_engine"]
 logger = logging.getLogger("hephaestus_trio.runtime")
 
 LIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
+
+
+def _register(registry: dict[str, type[Workflow]], workflow: type[Workflow]) -> None:
+    if not (isinstance(workflow, type) and issubclass(workflow, Workflow)):
+        raise TypeError(f"expected a Workflow subclass, got {workflow!r}")
+    classes = [workflow, *(workflow.versions or {}).values()]
+    for cls in classes:
+        known = registry.get(cls.name)
+        if known is not None and known is not cls:
+            raise WorkflowDefinitionError(
+                f"two workflow classes share the registry name {cls.name!r}: "
+                f"{known.__module__}.{known.__qualname__} and "
+                f"{cls.__module__}.{cls.__qualname__}; give one of them name=..."
+            )
+    for cls in classes:
+        registry[cls.name] = cls
 
 
 @final
@@ -85,12 +103,14 @@ class Engine:
     # -- registry --------------------------------------------------------
 
     def register(self, workflow: type[Workflow]) -> None:
-        """Make ``workflow`` (and every version of a dispatcher) known to this engine."""
-        if not (isinstance(workflow, type) and issubclass(workflow, Workflow)):
-            raise TypeError(f"expected a Workflow subclass, got {workflow!r}")
-        self._workflows[workflow.name] = workflow
-        for version_cls in (workflow.versions or {}).values():
-            self._workflows[version_cls.name] = version_cls
+        """Make ``workflow`` (and every version of a dispatcher) known to this engine.
+
+        Raises:
+            TypeError: ``workflow`` is not a ``Workflow`` subclass.
+            WorkflowDefinitionError: another class is registered under the same
+                name (runs record only the name, so they could run the wrong one).
+        """
+        _register(self._workflows, workflow)
 
     def workflow_for(self, instance: Instance) -> type[Workflow]:
         """The class that runs ``instance`` (its own recorded name and version).
@@ -559,6 +579,52 @@ class Engine:
                 logger.exception("retention purge failed; will retry")
 
 
+@attrs.frozen
+class _Options:
+    restart_policy: RestartPolicy
+    inbox_size: int
+    handlers: tuple[Handler, ...]
+    retention: timedelta | None
+    wall_clock: Any
+    rng: random.Random
+
+
+@asynccontextmanager
+async def _running(
+    store: Storage,
+    nursery: trio.Nursery,
+    registry: dict[str, type[Workflow]],
+    options: _Options,
+) -> AsyncIterator[Engine]:
+    """Build the engine in the root nursery, recover, yield; on exit, stop every task."""
+    engine = Engine(
+        storage=store,
+        nursery=nursery,
+        restart_policy=options.restart_policy,
+        inbox_size=options.inbox_size,
+        clock=WallClock(options.wall_clock),
+        rng=options.rng,
+    )
+    for handler in options.handlers:
+        engine.subscribe(handler)
+    engine._workflows.update(registry)
+    started, hibernating = await engine._recover()
+    engine.bus.emit(
+        "runner.init",
+        {"recovered": float(started), "hibernating": float(hibernating)},
+        {"storage": type(store).__name__},
+    )
+    if options.retention is not None:
+        nursery.start_soon(engine._retention_loop, options.retention)
+    token = current_engine.set(engine)
+    try:
+        yield engine
+    finally:
+        current_engine.reset(token)
+        engine._closed = True
+        nursery.cancel_scope.cancel()
+
+
 @asynccontextmanager
 async def open_engine(
     storage: Storage | None = None,
@@ -595,35 +661,35 @@ async def open_engine(
     """
     if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
         raise ValueError(f"inbox_size must be a positive int, got {inbox_size!r}")
+    options = _Options(
+        restart_policy=restart_policy or RestartPolicy(),
+        inbox_size=inbox_size,
+        handlers=tuple(handlers),
+        retention=retention,
+        wall_clock=wall_clock,
+        rng=rng or random.Random(),
+    )
+    registry: dict[str, type[Workflow]] = {}
+    for workflow in workflows:  # bad input fails here, before anything is opened
+        _register(registry, workflow)
     store: Storage = storage if storage is not None else MemoryStorage()
     # A backend whose data several engines must not run at once offers a lock.
     claim = getattr(store, "engine_lock", None)
+    raised_in_block: list[BaseException] = []
     with claim() if claim is not None else contextlib.nullcontext():
-        async with store, trio.open_nursery() as nursery:
-            engine = Engine(
-                storage=store,
-                nursery=nursery,
-                restart_policy=restart_policy or RestartPolicy(),
-                inbox_size=inbox_size,
-                clock=WallClock(wall_clock),
-                rng=rng or random.Random(),
-            )
-            for handler in handlers:
-                engine.subscribe(handler)
-            for workflow in workflows:
-                engine.register(workflow)
-            started, hibernating = await engine._recover()
-            engine.bus.emit(
-                "runner.init",
-                {"recovered": float(started), "hibernating": float(hibernating)},
-                {"storage": type(store).__name__},
-            )
-            if retention is not None:
-                nursery.start_soon(engine._retention_loop, retention)
-            token = current_engine.set(engine)
-            try:
-                yield engine
-            finally:
-                current_engine.reset(token)
-                engine._closed = True
-                nursery.cancel_scope.cancel()
+        try:
+            async with store, trio.open_nursery() as nursery:
+                try:
+                    async with _running(store, nursery, registry, options) as engine:
+                        yield engine
+                except BaseException as exc:  # re-raised at once; unwrapped below
+                    raised_in_block.append(exc)
+                    raise
+        except BaseExceptionGroup as group:
+            # The root nursery wraps whatever its body raised: a failed recovery,
+            # or the caller's own block. Give it back as it was raised, so
+            # `except SomeError` around the block works, unless the engine's
+            # tasks failed too (then the whole group matters).
+            if raised_in_block and list(group.exceptions) == raised_in_block:
+                raise raised_in_block[0] from None
+            raise
