@@ -137,9 +137,10 @@ def run_script(
         elif outcome.suspend:
             inst = park(inst, key, at=at())
         else:
-            inst = complete_step(
-                inst, key, outcome.event, {"event": outcome.event}, at=at(), workflow=workflow
-            )
+            # Generated steps record their event; the real Done records nothing.
+            terminal = definition.steps[key].terminal
+            updates = None if terminal else {"event": outcome.event}
+            inst = complete_step(inst, key, outcome.event, updates, at=at(), workflow=workflow)
             inst = activate_transitions(inst, key, outcome.event, at=at(), workflow=workflow)
             inst = check_completion(inst, workflow=workflow, at=at())
         trace.append(inst)
