@@ -299,6 +299,19 @@ async def run_demo(db: str, count: int) -> int:
         "(STEPS: completed steps; ATTEMPTS: step executions, retries and re-runs included)"
     )
     storage_arg = "" if db == DEFAULT_DB else f" --storage {_sqlite_url(db)}"
-    print(f"inspect them: hephaestus-trio list{storage_arg}")
-    print(f"              hephaestus-trio show {ids[0]}{storage_arg}")
+    # The interpreter that runs the demo surely has the package, even where the
+    # console script is not on PATH (a venv that is not activated).
+    command = f"{_python()} -m hephaestus_trio"
+    print(f"inspect them: {command} list{storage_arg}")
+    print(f"              {command} show {ids[0]}{storage_arg}")
     return 0
+
+
+def _python() -> str:
+    """How to call this interpreter from the current directory, as short as it gets."""
+    executable = sys.executable or "python"
+    try:
+        relative = os.path.relpath(executable)
+    except ValueError:  # another drive on Windows
+        return executable
+    return relative if not relative.startswith("..") else executable
