@@ -320,3 +320,25 @@ async def test_step_failures_never_restart_the_instance(
     assert final.error.kind == kind
     assert sum(CALLS.values()) == executions
     assert restarts == []
+
+
+async def test_the_final_failure_is_written_once_the_storage_recovers(autojump_clock: Any):
+    """When the storage refuses even the write that fails the run, that write is
+    retried with backoff instead of leaving a live run with no task."""
+    storage = FlakyStorage()
+    broken = True
+    # Every write of this run after the one that creates it.
+    storage.crash("chain::stuck", when=lambda inst: broken and inst.status is not Status.PENDING)
+    policy = RestartPolicy(max_restarts=1, within=5.0)
+    async with open_engine(storage, [Chain], restart_policy=policy) as engine:
+        iid = await engine.start_instance(Chain, {}, id="chain::stuck")
+        await trio.sleep(60)
+        (stuck,) = await storage.inner.query(id=iid)
+        assert stuck.status is Status.PENDING  # nothing after the start could be written
+        assert engine.live_tasks == 1  # still trying, not abandoned
+        broken = False
+        final = await engine.wait(iid)
+    assert final.status is Status.FAILED
+    assert final.error is not None
+    assert final.error.kind == "restart_limit"
+    assert CALLS[iid, "first"] == 0  # never got past advancing the pending run

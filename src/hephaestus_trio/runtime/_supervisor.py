@@ -27,6 +27,9 @@ __all__ = ["supervise"]
 
 logger = logging.getLogger("hephaestus_trio.runtime")
 
+_GIVE_UP_FIRST_DELAY = 0.1
+_GIVE_UP_MAX_DELAY = 30.0
+
 
 def _leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     first: BaseException = group
@@ -67,6 +70,7 @@ async def supervise(engine: Engine, runner: Runner) -> None:
                     {**runner.metadata, "error": repr(crash)},
                 )
                 continue
+            runner.state.value = "stopped"  # engine calls stop waiting for this run
             await _give_up(engine, runner, crash, len(restarts))
             return
     finally:
@@ -87,17 +91,26 @@ async def _give_up(engine: Engine, runner: Runner, crash: Exception, restarts: i
         message=message,
         exception_type=type(crash).__qualname__,
     )
-    try:
-        instance = await engine.storage.get(runner.run_id)
-        if instance is None or instance.is_terminal:
-            return
-        pending = [r.seq for r in await engine.storage.pending_resumes(runner.run_id)]
-        failed = pure.fail(instance, error, at=engine.clock.now())
-        await engine.storage.put(failed, consume=pending)
-    except Exception:
-        # The storage itself is what keeps crashing: the run stays as last
-        # persisted and is recovered by the next engine. Never let it escape.
-        logger.exception("run %s: could not record its failure", runner.run_id)
+    # The storage may be what keeps failing: retry the final write with a
+    # capped backoff rather than leave a live run with no task behind. Only
+    # closing the engine stops this (the next engine recovers the run).
+    delay = _GIVE_UP_FIRST_DELAY
+    while not runner.cancel_requested:  # engine.cancel takes over the final write
+        try:
+            instance = await engine.storage.get(runner.run_id)
+            if instance is None or instance.is_terminal:
+                return
+            pending = [r.seq for r in await engine.storage.pending_resumes(runner.run_id)]
+            failed = pure.fail(instance, error, at=engine.clock.now())
+            await engine.storage.put(failed, consume=pending)
+            break
+        except Exception:
+            logger.exception(
+                "run %s: could not record its failure; retrying in %.1fs", runner.run_id, delay
+            )
+        await trio.sleep(delay)
+        delay = min(delay * 2, _GIVE_UP_MAX_DELAY)
+    else:
         return
     runner.instance = failed
     # _finished announces workflow.exception (once) and workflow.stop.
