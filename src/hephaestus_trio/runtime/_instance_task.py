@@ -9,6 +9,11 @@ whatever the new state asks for: newly active steps, newly armed timers.
 The loop ends when the run is terminal, when the engine cancels it, or when
 the run *hibernates*: every active step parked, no timer armed, nothing in
 flight. A hibernating run keeps no task; a resume wakes it.
+
+It is one module, above the house aim of 400 lines, because it is one
+object: the incarnation is the single writer of a run's state, and each
+message handler is a few lines that only make sense next to ``commit``,
+``_reconcile`` and ``_hibernate``.
 """
 
 from __future__ import annotations

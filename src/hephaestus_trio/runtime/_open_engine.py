@@ -5,6 +5,12 @@ there (``_supervisor.supervise``), which runs incarnations of the run in a
 cancel scope, each with its own child nursery for step and timer tasks. Runs
 with nothing to do (all steps parked, no timer) have no task at all; engine
 calls wake them.
+
+This module is longer than the house aim of 400 lines on purpose: every
+method of ``Engine`` works on the same three private tables (runners, per-run
+locks, terminal signals) and the same reservation protocol with
+``_runner.Runner``; split across modules they would have to be shared
+mutable state, which is harder to reason about than one longer file.
 """
 
 from __future__ import annotations
