@@ -168,11 +168,6 @@ class Engine:
         self._unregister(runner)
 
     def _finished(self, instance: Instance) -> None:
-        # A terminal run needs no task: forget its runner now, not when its
-        # task has finished unwinding, so live_tasks is exact when wait() returns.
-        runner = self._runners.get(instance.run_id)
-        if runner is not None:
-            self._unregister(runner)
         meta = self.metadata_for(instance)
         if instance.status is Status.FAILED:
             self.bus.emit("workflow.exception", {}, {**meta, "error": str(instance.error)})
