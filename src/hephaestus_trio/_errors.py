@@ -15,6 +15,7 @@ __all__ = [
     "InstanceNotFound",
     "InstanceRestarted",
     "InvalidResume",
+    "LeaseLost",
     "NotCancellable",
     "StorageError",
     "UndeclaredEvent",
@@ -154,3 +155,24 @@ class InstanceRestarted(HephaestusError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.instance_id,))
+
+
+class LeaseLost(HephaestusError):
+    """A write was refused: the engine no longer owns the run (another engine claimed it).
+
+    Raised by a storage's fenced ``write``, ``renew`` and ``release``
+    paths. The runtime stops the run locally at once; it is not a crash (no
+    restart, no failure written), because the new owner drives the run now.
+    """
+
+    def __init__(self, run_id: str, owner: str, epoch: int) -> None:
+        self.run_id = run_id
+        self.owner = owner
+        self.epoch = epoch
+        super().__init__(
+            f"run {run_id!r}: lease (owner {owner}, epoch {epoch}) is no longer held; "
+            "another engine owns the run now"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.owner, self.epoch))

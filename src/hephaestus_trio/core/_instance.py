@@ -99,6 +99,8 @@ class ExecutionEntry:
     """The updates stored at ``context.steps[step]``, if any."""
     attempt: int = 1
     """Which attempt succeeded (1 unless retried)."""
+    wakeup: int | None = None
+    """``seq`` of the resume or timer wakeup whose delivery completed the step, if any."""
 
 
 @final

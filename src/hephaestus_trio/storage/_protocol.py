@@ -1,9 +1,29 @@
 """The storage protocol: what the running engine needs, in domain terms.
 
 Every backend implements ``Storage`` and passes the one conformance suite
-(``tests/storage/test_conformance.py``). Methods are coroutines; a storage is
-created unopened and used inside ``async with storage:`` (``open_engine`` does
-that for you).
+(``hephaestus_trio.testing.check_storage``). Methods are coroutines; a storage
+is created unopened and used inside ``async with storage:`` (``open_engine``
+does that for you).
+
+Ownership lives here, not in any engine's memory:
+
+- A live run is owned by at most one engine through a **lease**
+  ``(owner, epoch, expires_at)``. ``claim`` hands out leases on runs that are
+  unowned or whose lease expired, bumping the epoch; the engine acts only on
+  the leases the claim returned.
+- Every write of a run's state is **fenced**: ``write`` carries the lease it
+  was made under and is refused with ``LeaseLost`` when the stored owner or
+  epoch differs, so an engine that was paused past its lease can never
+  overwrite a newer owner's state.
+- **Wakeups** (resumes, timers, cancel requests) are rows any process may add
+  without owning the run. The owner applies them and deletes each in the same
+  ``write`` that applies it (``consume=``), so each applies exactly once.
+
+Time: every method that compares leases or due times takes ``now`` (a
+timezone-aware datetime) from the caller. On one machine (memory, SQLite)
+that is the engine's wall clock, which follows Trio's clock, so tests under
+``trio.testing.MockClock`` expire leases and fire timers in virtual time. Lease
+lengths are durations (``ttl`` seconds), never absolute times.
 
 Capabilities a backend states with class attributes:
 
@@ -12,41 +32,106 @@ Capabilities a backend states with class attributes:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, final, runtime_checkable
 
 import attrs
 
-from ..core._instance import Instance, Status
+from .._errors import HephaestusError
+from ..core._instance import Instance, Status, TimerRecord
 
-__all__ = ["ResumeRecord", "Storage", "UniqueViolation"]
+__all__ = [
+    "Lease",
+    "NewWakeup",
+    "Storage",
+    "UniqueViolation",
+    "Wakeup",
+    "WakeupGone",
+    "WakeupKind",
+    "WakeupRefused",
+    "WorkflowKey",
+]
+
+WorkflowKey = tuple[str, int]
+"""``(workflow registry name, version)``: what an engine can run."""
 
 
+@final
 @attrs.frozen(kw_only=True)
-class ResumeRecord:
-    """A resume accepted by ``engine.resume`` and not yet applied.
+class Lease:
+    """Ownership of one live run by one engine, as the storage granted it."""
 
-    It is stored before ``resume`` returns (durably, on a durable backend) and
-    deleted in the same write that applies it, so it is applied exactly once.
-    """
+    run_id: str
+    """The run owned."""
+    owner: str
+    """Engine id (a fresh UUID per engine start) holding the lease."""
+    epoch: int
+    """Fencing token: bumped by every claim, so a stale owner's writes are refused."""
+    expires_at: datetime
+    """When the lease lapses unless renewed (``now + ttl`` at the claim or renewal)."""
+
+
+class WakeupKind(enum.Enum):
+    """What a wakeup asks the run's owner to do."""
+
+    RESUME = "resume"
+    """Deliver ``event`` (and ``payload``) to ``step`` once it is parked."""
+    TIMER = "timer"
+    """Deliver ``event`` to parked ``step`` at ``due_at``."""
+    CANCEL = "cancel"
+    """Cancel the run."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class NewWakeup:
+    """A wakeup to record (``add_wakeup``); the storage assigns its ``seq``."""
+
+    run_id: str
+    kind: WakeupKind
+    step: str | None = None
+    """Step key (``None`` for a cancel request)."""
+    event: str | None = None
+    """Event as offered by the caller (the step may map it, e.g. ``event_name``)."""
+    payload: Mapping[str, Any] | None = None
+    """JSON-safe updates a resume stores at ``context.steps[step]``."""
+    dedup_key: str | None = None
+    """A resume whose key was already recorded for the run is a no-op."""
+    due_at: datetime
+    """When it may apply: a timer's ``fire_at``; ``now`` for the others."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Wakeup:
+    """A recorded, not yet applied wakeup."""
 
     seq: int
-    """Storage-assigned, increasing: resumes of a run apply in ``seq`` order."""
+    """Storage-assigned, increasing across the whole storage: apply in ``seq`` order."""
     run_id: str
-    """Run the resume is for."""
-    step: str
-    """Parked step it completes."""
-    event: str
-    """Event as offered by the caller (the step maps it, e.g. ``event_name``)."""
-    accepted_at: datetime
-    """When it was accepted, UTC."""
+    kind: WakeupKind
+    step: str | None
+    event: str | None
+    payload: Mapping[str, Any] | None
+    dedup_key: str | None
+    due_at: datetime
+    created_at: datetime
+
+    def timer_record(self) -> TimerRecord:
+        """The ``TimerRecord`` a timer wakeup stands for (readers see it in ``Instance.timers``)."""
+        assert self.kind is WakeupKind.TIMER
+        assert self.step is not None
+        assert self.event is not None
+        return TimerRecord(step=self.step, event=self.event, fire_at=self.due_at)
 
 
-class UniqueViolation(Exception):
-    """Internal: a write would give two live runs the same ``unique_key``.
+class UniqueViolation(HephaestusError):
+    """A new run would share its ``unique_key`` with another live run.
 
-    The running engine translates it into the public ``AlreadyRunning``.
+    Backends raise it from ``create``; the engine translates it into the
+    public ``AlreadyRunning``.
     """
 
     def __init__(self, unique_key: str, existing_run_id: str, existing_id: str) -> None:
@@ -55,20 +140,60 @@ class UniqueViolation(Exception):
         self.existing_id = existing_id
         super().__init__(f"unique key {unique_key!r} is held by live run {existing_run_id!r}")
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.unique_key, self.existing_run_id, self.existing_id))
+
+
+class WakeupGone(HephaestusError):
+    """A ``write`` was asked to consume a wakeup that no longer exists (nothing was written).
+
+    A timer cancelled through its handle while its owner was applying it is
+    the one way this happens; the owner re-reads its wakeups and carries on.
+    """
+
+    def __init__(self, run_id: str, seq: int) -> None:
+        self.run_id = run_id
+        self.seq = seq
+        super().__init__(f"wakeup {seq} of run {run_id!r} is gone")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.seq))
+
+
+RefusalReason = Literal["not_live", "step_pending", "full"]
+
+
+class WakeupRefused(HephaestusError):
+    """``add_wakeup`` recorded nothing.
+
+    ``reason`` is ``"not_live"`` (the run is missing or terminal: ``status``
+    says which), ``"step_pending"`` (that step already has an unapplied
+    resume) or ``"full"`` (the run has ``max_pending`` unapplied resumes).
+    """
+
+    def __init__(self, run_id: str, reason: RefusalReason, status: str | None = None) -> None:
+        self.run_id = run_id
+        self.reason = reason
+        self.status = status
+        super().__init__(f"wakeup for run {run_id!r} refused: {reason} ({status or '-'})")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.run_id, self.reason, self.status))
+
 
 @runtime_checkable
 class Storage(Protocol):
-    """Where runs live. Instances are keyed by ``run_id``.
+    """Where runs, their leases and their wakeups live. Runs are keyed by ``run_id``.
 
-    Edge cases every backend honours:
+    Edge cases every backend honours (the conformance suite checks each):
 
+    - Use before ``open`` or after ``close`` raises ``StorageError``.
     - ``get`` of an unknown run returns ``None``; ``delete`` of one is a no-op.
-    - ``put`` of a live run whose ``unique_key`` is held by *another* live run
-      raises ``UniqueViolation`` and writes nothing. Terminal runs hold no key.
-    - ``put(..., consume=seqs)`` deletes those resume records in the same
-      atomic write (missing ones are ignored).
+    - ``Instance.timers`` as read is the run's pending timer wakeups, in
+      ``seq`` order (whatever the written document said).
     - ``query`` returns runs ordered by ``created_at`` then ``run_id``; its
       filters combine with AND and accept ``Status`` members or their values.
+    - A terminal ``write`` ends the lease and deletes every wakeup of the run.
     """
 
     durable: bool
@@ -85,20 +210,10 @@ class Storage(Protocol):
         """Flush and release everything. Idempotent."""
         ...
 
+    # -- runs --------------------------------------------------------------------
+
     async def get(self, run_id: str) -> Instance | None:
         """The run with ``run_id``, or ``None``."""
-        ...
-
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
-        """Insert or replace ``instance`` (and delete the ``consume``d resumes) atomically.
-
-        Raises:
-            UniqueViolation: another live run holds ``instance.unique_key``.
-        """
-        ...
-
-    async def delete(self, run_id: str) -> None:
-        """Remove a run and its pending resumes; unknown ids are ignored."""
         ...
 
     async def query(
@@ -113,18 +228,160 @@ class Storage(Protocol):
         """Runs matching every given filter."""
         ...
 
-    async def add_resume(self, run_id: str, step: str, event: str, at: datetime) -> ResumeRecord:
-        """Record an accepted resume; durable before it returns on a durable backend."""
+    async def create(
+        self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
+    ) -> Lease | None:
+        """Insert a new run; with ``owner``, claimed by it in the same write.
+
+        Returns the lease when ``owner`` is given, else ``None`` (the run is
+        then claimable at once).
+
+        Raises:
+            UniqueViolation: another live run holds ``instance.unique_key``.
+            ValueError: a run with this ``run_id`` exists already.
+        """
         ...
 
-    async def pending_resumes(self, run_id: str | None = None) -> list[ResumeRecord]:
-        """Unapplied resumes (of one run, or of all), in ``seq`` order."""
+    async def write(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        now: datetime,
+        consume: Sequence[int] = (),
+        add_timers: Sequence[TimerRecord] = (),
+    ) -> list[Wakeup]:
+        """Replace the run's state under ``lease``, atomically with its wakeup changes.
+
+        In the same atomic write: delete the ``consume``d wakeups, add one
+        timer wakeup per ``add_timers`` record, delete timer wakeups of steps
+        not in ``instance.waiting_steps``; and when ``instance`` is terminal,
+        delete every wakeup of the run and end the lease. Returns the timer
+        wakeups added.
+
+        Raises:
+            LeaseLost: the stored owner or epoch is not ``lease``'s (nothing written).
+            WakeupGone: a consumed wakeup does not exist (nothing written).
+        """
         ...
 
-    async def delete_resume(self, seq: int) -> None:
-        """Drop one resume record (used when a resume is refused after recording)."""
+    async def delete(self, run_id: str) -> None:
+        """Remove a run and its wakeups; unknown ids are ignored."""
         ...
 
     async def purge(self, older_than: datetime) -> int:
         """Delete terminal runs last updated before ``older_than``; returns how many."""
+        ...
+
+    # -- leases ------------------------------------------------------------------
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+        limit: int,
+        run_ids: Collection[str] | None = None,
+    ) -> list[Lease]:
+        """Take live runs that need a driver and are unowned or whose lease expired.
+
+        A run needs a driver when it is pending or running, when a wakeup was
+        added since its owner last released it, or when its earliest timer is
+        due. Only runs of ``workflows`` (``None``: any) and, if given, of
+        ``run_ids`` are taken, at most ``limit``. Each claim bumps the epoch.
+        """
+        ...
+
+    async def renew(
+        self, owner: str, leases: Collection[Lease], *, now: datetime, ttl: float
+    ) -> list[Lease]:
+        """Extend every lease still held exactly as given; returns the renewed ones.
+
+        A lease missing from the result is lost (taken over, or its run ended).
+        """
+        ...
+
+    async def release(
+        self, lease: Lease, *, now: datetime, wake_at: datetime | None, seen: int
+    ) -> bool:
+        """Give up ownership of a live run that has nothing to do now (it hibernates).
+
+        ``wake_at`` is when it next needs a driver (its earliest timer, or
+        ``None``); ``seen`` is the highest wakeup ``seq`` the owner has read.
+        Returns ``True`` when the run got a wakeup above ``seen`` meanwhile:
+        it is then claimable at once.
+
+        Raises:
+            LeaseLost: the lease is no longer held (nothing changed).
+        """
+        ...
+
+    async def release_all(self, owner: str, *, now: datetime) -> int:
+        """Clean shutdown: every live run ``owner`` holds becomes claimable at once."""
+        ...
+
+    async def next_wake(
+        self, owner: str, *, workflows: Collection[WorkflowKey] | None
+    ) -> datetime | None:
+        """Earliest time a run not held by ``owner`` may become claimable, or ``None``."""
+        ...
+
+    async def register_engine(
+        self, engine_id: str, *, now: datetime, info: Mapping[str, Any]
+    ) -> None:
+        """Record a running engine (``info``: host, pid; metadata only)."""
+        ...
+
+    async def unregister_engine(self, engine_id: str) -> None:
+        """Forget a cleanly stopped engine."""
+        ...
+
+    async def reap_engines(self, *, now: datetime) -> list[str]:
+        """Expire at once the leases of engines this backend can *prove* dead.
+
+        SQLite proves it with a lock file the kernel released when the process
+        died; a backend that cannot prove death returns ``[]`` and leases
+        simply expire. Returns the ids of the engines found dead.
+        """
+        ...
+
+    # -- wakeups -----------------------------------------------------------------
+
+    async def add_wakeup(
+        self, wakeup: NewWakeup, *, now: datetime, max_pending: int | None = None
+    ) -> Wakeup | None:
+        """Record a wakeup; durable before it returns on a durable backend.
+
+        Returns ``None`` (and records nothing) when the resume's ``dedup_key``
+        was already recorded for the run, or when a cancel is already
+        requested. Makes the run claimable once ``due_at`` has passed.
+
+        Raises:
+            WakeupRefused: the run is not live, the step already has an
+                unapplied resume, or ``max_pending`` resumes are unapplied.
+        """
+        ...
+
+    async def wakeups(self, run_id: str) -> list[Wakeup]:
+        """The run's unapplied wakeups, in ``seq`` order."""
+        ...
+
+    async def cancel_timer(self, run_id: str, seq: int) -> bool:
+        """Delete a pending timer wakeup; ``False`` if it was already applied or dropped."""
+        ...
+
+    async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
+        """``(run_id, highest seq)`` of runs held by ``owner`` with wakeups above ``after``."""
+        ...
+
+    async def wait_for_change(self, seen: int) -> int:
+        """Return a change counter as soon as it differs from ``seen``.
+
+        A hint, never the only way work is found: it moves when this process
+        adds a wakeup, creates an unowned run or releases one, and (on a
+        backend shared between processes) when another process commits,
+        noticed within the backend's poll interval.
+        """
         ...
