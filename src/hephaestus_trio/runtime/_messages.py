@@ -1,33 +1,19 @@
-"""What flows into an instance's mailbox. The instance loop is the only reader,
-so it is the only code that changes the instance: no locks around state."""
+"""What flows into a run's mailbox. The run's loop is the only reader and the
+only writer of the run's state, so nothing here needs a lock."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
-from ..core._instance import TimerRecord
 from ..core._step import StepResult
-from ..storage._protocol import ResumeRecord
 
-if TYPE_CHECKING:
-    from ._timers import TimerHandle
-
-__all__ = [
-    "ArmTimer",
-    "Message",
-    "Poke",
-    "Resume",
-    "StepCrashed",
-    "StepFinished",
-    "TimerCancelled",
-    "TimerFired",
-]
+__all__ = ["Message", "Poke", "StepCrashed", "StepFinished"]
 
 
 @attrs.frozen
 class StepFinished:
+    """A step's ``execute`` returned (after any retries)."""
+
     step: str
     result: StepResult
     attempt: int
@@ -36,6 +22,8 @@ class StepFinished:
 
 @attrs.frozen
 class StepCrashed:
+    """A step raised past its retry budget (or timed out past it)."""
+
     step: str
     error: Exception
     attempt: int
@@ -43,32 +31,12 @@ class StepCrashed:
 
 
 @attrs.frozen
-class Resume:
-    record: ResumeRecord
-
-
-@attrs.frozen
-class TimerFired:
-    record: TimerRecord
-
-
-@attrs.frozen
-class TimerCancelled:
-    record: TimerRecord
-
-
-@attrs.define(eq=False)
-class ArmTimer:
-    """A ``schedule_resume`` call waiting for its timer to be persisted and armed."""
-
-    record: TimerRecord
-    handle: TimerHandle
-    error: Exception | None = None
-
-
-@attrs.frozen
 class Poke:
-    """Wakes the loop so it re-checks whether it may hibernate."""
+    """A doorbell: the run's wakeups may have changed in the storage; re-read them.
+
+    Pokes are hints. The wakeup rows are the truth, so a lost or duplicated
+    poke delays or repeats a read, never an application.
+    """
 
 
-Message = StepFinished | StepCrashed | Resume | TimerFired | TimerCancelled | ArmTimer | Poke
+Message = StepFinished | StepCrashed | Poke

@@ -1,23 +1,29 @@
 """``open_engine`` and the running ``Engine``: the root nursery and the public calls.
 
-The running engine owns a root nursery. Each live run gets a supervisor task
-there (``_supervisor.supervise``), which runs incarnations of the run in a
-cancel scope, each with its own child nursery for step and timer tasks. Runs
-with nothing to do (all steps parked, no timer) have no task at all; engine
-calls wake them.
+The storage is the single source of truth; an engine only ever acts on runs
+it holds a lease on. Each engine start gets a fresh engine id. Its root
+nursery holds:
 
-This module is longer than the house aim of 400 lines on purpose: every
-method of ``Engine`` works on the same three private tables (runners, per-run
-locks, terminal signals) and the same reservation protocol with
-``_runner.Runner``; split across modules they would have to be shared
-mutable state, which is harder to reason about than one longer file.
+- one driver task per run it owns (``_driver.drive``), which runs incarnations
+  of the run (``_incarnation.Incarnation``, the run's only writer) in a cancel
+  scope, each with its own child nursery for the run's steps;
+- the claim loop and the heartbeat (``_ownership``), and retention.
+
+Public calls never touch a run's state. ``start_instance`` inserts the run
+(claimed by this engine in the same write); ``resume``, ``schedule_resume``
+and ``cancel`` validate against the *stored* run and add a wakeup row, then
+poke the run's loop if this engine drives it. Whoever owns the run applies
+the row; if nobody does, the row makes the run claimable. The same calls
+therefore work from any engine, or from a process with no engine at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
+import os
 import random
+import socket
+import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -38,25 +44,36 @@ from .._errors import (
     UnknownWorkflow,
     WorkflowDefinitionError,
 )
-from ..core import _engine as pure
+from ..core import _decisions as decide
 from ..core._facade import current_engine
 from ..core._instance import Instance, Status, TimerRecord
+from ..core._json import check_json_safe
 from ..core._policies import RestartPolicy
 from ..core._workflow import Workflow
 from ..observability._bus import EventBus, Handler
 from ..storage._memory import MemoryStorage
-from ..storage._protocol import Storage, UniqueViolation
+from ..storage._protocol import (
+    Lease,
+    NewWakeup,
+    Storage,
+    UniqueViolation,
+    WakeupKind,
+    WakeupRefused,
+    WorkflowKey,
+)
 from ._clock import WallClock
-from ._messages import ArmTimer, Resume
-from ._runner import Runner
-from ._supervisor import supervise
+from ._driver import drive
+from ._ownership import claim_loop, claim_now, renew_loop
+from ._runs import RunEntry
 from ._timers import TimerHandle
 
 __all__ = ["Engine", "open_engine"]
 
 logger = logging.getLogger("hephaestus_trio.runtime")
 
-LIVE = (Status.PENDING, Status.RUNNING, Status.WAITING)
+_FOREIGN_POLL_FIRST = 0.05
+_FOREIGN_POLL_MAX = 1.0
+"""Reads while waiting for a run no local task drives back off up to this (seconds)."""
 
 
 def _register(registry: dict[str, type[Workflow]], workflow: type[Workflow]) -> None:
@@ -75,6 +92,18 @@ def _register(registry: dict[str, type[Workflow]], workflow: type[Workflow]) -> 
         registry[cls.name] = cls
 
 
+@attrs.frozen
+class _Options:
+    restart_policy: RestartPolicy
+    inbox_size: int
+    handlers: tuple[Handler, ...]
+    retention: timedelta | None
+    wall_clock: Any
+    rng: random.Random
+    lease_ttl: float
+    lease_renewal: float
+
+
 @final
 class Engine:
     """The running engine yielded by ``open_engine``; do not construct it directly.
@@ -88,35 +117,59 @@ class Engine:
         *,
         storage: Storage,
         nursery: trio.Nursery,
-        restart_policy: RestartPolicy,
-        inbox_size: int,
-        clock: WallClock,
-        rng: random.Random,
+        options: _Options,
+        registry: Mapping[str, type[Workflow]],
     ) -> None:
         self.storage = storage
-        self.restart_policy = restart_policy
-        self.inbox_size = inbox_size
-        self.clock = clock
-        self.rng = rng
+        self.restart_policy = options.restart_policy
+        self.inbox_size = options.inbox_size
+        self.clock = WallClock(options.wall_clock)
+        self.rng = options.rng
+        self.lease_ttl = options.lease_ttl
+        self.lease_renewal = options.lease_renewal
         self.bus = EventBus()
+        self._engine_id = str(uuid.uuid4())
         self._nursery = nursery
-        self._workflows: dict[str, type[Workflow]] = {}
-        self._runners: dict[str, Runner] = {}
-        self._locks: dict[str, trio.Lock] = {}
+        self._workflows: dict[str, type[Workflow]] = dict(registry)
+        self._keys: frozenset[WorkflowKey] | None = None
+        self._runs: dict[str, RunEntry] = {}
         self._terminal: dict[str, trio.Event] = {}
+        self._claim_doorbell = trio.Event()
+        self._owning = trio.Event()
+        self._seen_wakeup = 0
         self._closed = False
+
+    @property
+    def engine_id(self) -> str:
+        """This engine's id: a fresh UUID per ``open_engine`` (the lease owner)."""
+        return self._engine_id
 
     # -- registry --------------------------------------------------------
 
     def register(self, workflow: type[Workflow]) -> None:
         """Make ``workflow`` (and every version of a dispatcher) known to this engine.
 
+        The engine claims runs of registered workflows only.
+
         Raises:
             TypeError: ``workflow`` is not a ``Workflow`` subclass.
             WorkflowDefinitionError: another class is registered under the same
                 name (runs record only the name, so they could run the wrong one).
         """
+        before = len(self._workflows)
         _register(self._workflows, workflow)
+        if len(self._workflows) != before:
+            self._keys = None
+            self._wake_claims()  # runs of this workflow may be waiting for a driver
+
+    def _workflow_keys(self) -> frozenset[WorkflowKey]:
+        if self._keys is None:
+            self._keys = frozenset(
+                (cls.name, cls.version)
+                for cls in self._workflows.values()
+                if not cls.is_dispatcher()
+            )
+        return self._keys
 
     def workflow_for(self, instance: Instance) -> type[Workflow]:
         """The class that runs ``instance`` (its own recorded name and version).
@@ -134,6 +187,7 @@ class Engine:
         return found
 
     def metadata_for(self, instance: Instance) -> dict[str, Any]:
+        """Event metadata of ``instance``: its telemetry metadata plus its ids."""
         return {
             **instance.telemetry_metadata,
             "instance_id": instance.id,
@@ -146,28 +200,38 @@ class Engine:
         found = self._workflows.get(instance.workflow)
         return found.family if found is not None else instance.workflow
 
-    # -- lifecycle hooks used by the runtime -----------------------------
+    # -- runs this engine drives -------------------------------------------
 
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosed("this engine is closed; open a new one with open_engine()")
 
-    def _spawn(self, run_id: str) -> Runner:
-        runner = self._runners.get(run_id)
-        if runner is None:
-            runner = Runner(run_id)
-            self._runners[run_id] = runner
-            self._nursery.start_soon(supervise, self, runner, name=f"run {run_id}")
-        return runner
+    def _spawn(self, lease: Lease) -> None:
+        """Drive the run ``lease`` is for (idempotent: a re-claim only refreshes the lease)."""
+        entry = self._runs.get(lease.run_id)
+        if entry is not None and not entry.closing and not entry.lost:
+            entry.lease = lease
+            return
+        entry = RunEntry(lease)
+        self._runs[lease.run_id] = entry
+        self._owning.set()
+        signal = self._terminal.get(lease.run_id)
+        if signal is not None:
+            signal.set()  # a waiter polling for it can now wait for its end here
+        self._nursery.start_soon(drive, self, entry, name=f"run {lease.run_id}")
 
-    def _unregister(self, runner: Runner) -> None:
-        if self._runners.get(runner.run_id) is runner:
-            del self._runners[runner.run_id]
-
-    def _hibernated(self, runner: Runner) -> None:
-        self._unregister(runner)
+    def _driver_done(self, entry: RunEntry) -> None:
+        if self._runs.get(entry.run_id) is entry:
+            del self._runs[entry.run_id]
+            if not self._runs:
+                self._owning = trio.Event()
+        entry.done.set()
+        signal = self._terminal.get(entry.run_id)
+        if signal is not None:
+            signal.set()  # waiters re-read: the run may be terminal, or elsewhere now
 
     def _finished(self, instance: Instance) -> None:
+        """Announce a terminal run; called once, by the loop that wrote the terminal state."""
         meta = self.metadata_for(instance)
         if instance.status is Status.FAILED:
             self.bus.emit("workflow.exception", {}, {**meta, "error": str(instance.error)})
@@ -175,50 +239,17 @@ class Engine:
         self.bus.emit(
             "workflow.stop", {"duration": duration}, {**meta, "status": instance.status.value}
         )
-        event = self._terminal.pop(instance.run_id, None)
-        if event is not None:
-            event.set()
 
-    @asynccontextmanager
-    async def _exclusive(self, run_id: str) -> AsyncIterator[None]:
-        """Serialize the engine calls that wake, feed or stop one run.
-
-        Locks exist only while someone holds or awaits them, so a long-lived
-        engine does not keep one per run it ever touched.
-        """
-        lock = self._locks.get(run_id)
-        if lock is None:
-            lock = self._locks[run_id] = trio.Lock()
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._locks.pop(run_id, None)
-
-    async def _claim(self, run_id: str) -> Runner | None:
-        """A ready runner for ``run_id``, woken if hibernating; ``None`` if the run stopped.
-
-        On success the caller holds a reservation and must ``release()`` it or
-        hand it over with a message.
-        """
-        runner = self._spawn(run_id)
-        runner.reserving += 1
-        claimed = False
-        try:
-            await runner.state.wait_value(lambda s: s != "starting")
-            claimed = runner.state.value != "stopped"
-        finally:
-            if not claimed:  # stopped, or the caller was cancelled while waiting
-                runner.release()
-        return runner if claimed else None
+    def _wake_claims(self) -> None:
+        bell, self._claim_doorbell = self._claim_doorbell, trio.Event()
+        bell.set()
 
     # -- lookups ---------------------------------------------------------
 
     def _matches(self, instance: Instance, workflow: str | None) -> bool:
         return workflow is None or workflow in (instance.workflow, self._family(instance))
 
-    async def _runs(self, id: str, workflow: str | None) -> list[Instance]:
+    async def _runs_of(self, id: str, workflow: str | None) -> list[Instance]:
         runs = [i for i in await self.storage.query(id=id) if self._matches(i, workflow)]
         if not runs:
             raise InstanceNotFound(id)
@@ -226,11 +257,16 @@ class Engine:
 
     async def _live_run(self, id: str, workflow: str | None) -> tuple[Instance | None, Instance]:
         """(live run or None, most recent run) for business id ``id``."""
-        runs = await self._runs(id, workflow)
+        runs = await self._runs_of(id, workflow)
         live = [i for i in runs if i.status.is_live]
         if len(live) > 1:
             raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
         return (live[0] if live else None), runs[-1]
+
+    def _poke(self, run_id: str) -> None:
+        entry = self._runs.get(run_id)
+        if entry is not None:
+            entry.poke()
 
     # -- public calls ----------------------------------------------------
 
@@ -243,7 +279,7 @@ class Engine:
         version: int | None = None,
         telemetry_metadata: Mapping[str, Any] | None = None,
     ) -> str:
-        """Persist a new run and start it; returns its id.
+        """Persist a new run, claimed by this engine, and start driving it; returns its id.
 
         Raises:
             AlreadyRunning: a live run holds this id in the workflow's scope.
@@ -255,114 +291,76 @@ class Engine:
             raise ValueError(f"id must be a non-empty string, got {id!r}")
         self.register(workflow)
         chosen = workflow.resolve_version(version, {"id": id, "context": context})
+        now = self.clock.now()
         instance = Instance.new(
             chosen,
             context,
             id=id,
             version=chosen.version,
-            now=self.clock.now(),
+            now=now,
             telemetry_metadata=telemetry_metadata,
             unique_key=chosen.constraint_key(id),
         )
         try:
-            await self.storage.put(instance)
+            lease = await self.storage.create(
+                instance, now=now, owner=self._engine_id, ttl=self.lease_ttl
+            )
         except UniqueViolation as exc:
             raise AlreadyRunning(id, chosen.family, chosen.unique.scope) from exc
+        assert lease is not None
         self.bus.emit("workflow.start", {}, self.metadata_for(instance))
-        self._spawn(instance.run_id)
+        self._spawn(lease)
         return instance.id
 
     async def resume(
-        self, id: str, event: str, step: str | None = None, *, workflow: str | None = None
+        self,
+        id: str,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        step: str | None = None,
+        workflow: str | None = None,
+        dedup_key: str | None = None,
     ) -> None:
-        """Cast ``event`` to the live run of ``id``; returns once it is accepted.
+        """Record ``event`` for the live run of ``id``; returns once it is durably accepted.
 
-        Accepted means recorded in the storage (durably, on a durable backend)
-        and queued; the step's completion happens afterwards, in the run's task.
+        The step's completion happens afterwards, in whichever engine owns the
+        run. ``payload`` (JSON-safe) becomes the resumed step's updates at
+        ``context.steps[step]``. A resume may arrive before its step parks: it
+        is kept and applied when the step parks. A ``dedup_key`` already
+        recorded for the run makes the call a no-op (idempotent webhooks).
 
         Raises:
             InstanceNotFound: no run has this id.
-            InvalidResume: the run is terminal, or no parked step accepts ``event``,
-                or several do and ``step=`` was not given, or the step already
-                has a pending resume.
+            InvalidResume: the run is terminal; or no step that can still run
+                declares ``event``; or several do and ``step=`` was not given;
+                or the step already has a pending resume.
             AmbiguousInstance: several live runs share ``id``; pass ``workflow=``.
-            Backpressure: the run's inbox is full; nothing was recorded.
+            Backpressure: the run has ``inbox_size`` unapplied resumes; nothing
+                was recorded.
             UnknownWorkflow: this engine was not given the run's workflow.
+            TypeError: ``payload`` is not JSON-safe (the message names the key path).
         """
         self._check_open()
-        live, latest = await self._live_run(id, workflow)
-        if live is None:
-            raise InvalidResume(id, event, f"the instance is {latest.status.value}")
-        self.workflow_for(live)  # UnknownWorkflow, before anything is touched
-        run_id = live.run_id
-        async with self._exclusive(run_id):
-            runner = await self._claim(run_id)
-            if runner is None:
-                current = await self.storage.get(run_id)
-                status = current.status.value if current else "gone"
-                raise InvalidResume(id, event, f"the instance is {status}")
-            handed_over = False
-            try:
-                instance = runner.instance
-                assert instance is not None
-                chosen = self._pick_step(instance, event, step, runner.claimed_steps)
-                if len(runner.pending) >= self.inbox_size or runner.mailbox_full():
-                    raise Backpressure(id, self.inbox_size)
-                record = await self.storage.add_resume(run_id, chosen, event, self.clock.now())
-                current = runner.instance
-                if current is not None and current.is_terminal:
-                    # The run ended (a timer won) while the resume was being recorded.
-                    await self.storage.delete_resume(record.seq)
-                    raise InvalidResume(id, event, f"the instance is {current.status.value}")
-                runner.pending[record.seq] = record
-                runner.reserving -= 1
-                handed_over = True
-                runner.post(Resume(record))
-            finally:
-                if not handed_over:
-                    runner.release()
-
-    def _pick_step(
-        self, instance: Instance, event: str, step: str | None, claimed: set[str]
-    ) -> str:
-        workflow = self.workflow_for(instance)
-        definition = workflow.definition()
-        if instance.is_terminal:
-            raise InvalidResume(instance.id, event, f"the instance is {instance.status.value}")
-        if step is not None:
-            if step not in definition.steps:
-                raise InvalidResume(instance.id, event, f"{workflow.__name__} has no step {step!r}")
-            if step not in instance.waiting_steps:
-                raise InvalidResume(instance.id, event, f"step {step!r} is not parked")
-            candidates = [step]
-        else:
-            candidates = sorted(instance.waiting_steps)
-            if not candidates:
-                raise InvalidResume(instance.id, event, "no step is parked")
-        accepting = [
-            key
-            for key in candidates
-            if definition.steps[key].resume_event(instance.step_configs.get(key), event) is not None
-        ]
-        if not accepting:
-            declared = {
-                k: list(definition.steps[k].declared_events(instance.step_configs.get(k)))
-                for k in candidates
-            }
-            raise InvalidResume(
-                instance.id, event, f"no parked step declares {event!r} (parked: {declared})"
-            )
-        if len(accepting) > 1:
-            raise InvalidResume(
-                instance.id,
-                event,
-                f"ambiguous: parked steps {accepting} all accept it; pass step=",
-            )
-        if accepting[0] in claimed:
-            raise InvalidResume(
-                instance.id, event, f"step {accepting[0]!r} already has a pending resume"
-            )
-        return accepting[0]
+        if payload is not None:
+            if not isinstance(payload, Mapping):
+                raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+            payload = dict(payload)
+            check_json_safe(payload, "payload")
+        await resume_run(
+            self.storage,
+            self._workflows,
+            id,
+            event,
+            payload,
+            step=step,
+            workflow=workflow,
+            dedup_key=dedup_key,
+            now=self.clock.now(),
+            max_pending=self.inbox_size,
+            matches=self._matches,
+            poke=self._poke,
+        )
 
     async def schedule_resume(
         self,
@@ -373,7 +371,7 @@ class Engine:
         event: str = "timeout",
         workflow: str | None = None,
     ) -> TimerHandle:
-        """Arm a durable timer that resumes parked ``step`` with ``event`` after ``delay`` s.
+        """Add a durable timer that resumes parked ``step`` with ``event`` after ``delay`` s.
 
         Raises:
             InstanceNotFound, AmbiguousInstance: as for ``resume``.
@@ -388,73 +386,74 @@ class Engine:
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
-        self.workflow_for(live)  # UnknownWorkflow, before anything is touched
-        async with self._exclusive(live.run_id):
-            runner = await self._claim(live.run_id)
-            if runner is None:
-                raise InvalidResume(id, event, "the instance stopped")
-            instance = runner.instance
-            assert instance is not None
-            handed_over = False
-            try:
-                if step not in instance.waiting_steps:
-                    raise InvalidResume(id, event, f"step {step!r} is not parked")
-                step_cls = self.workflow_for(instance).step(step)
-                if step_cls.resume_event(instance.step_configs.get(step), event) is None:
-                    raise InvalidResume(id, event, f"step {step!r} does not declare {event!r}")
-                record = TimerRecord(step=step, event=event, fire_at=self.clock.after(delay))
-                handle = TimerHandle(record)
-                message = ArmTimer(record, handle)
-                if not runner.post(message):
-                    raise Backpressure(id, self.inbox_size)
-                handed_over = True  # the loop takes over the reservation
-            finally:
-                if not handed_over:
-                    runner.release()
-        await handle._armed.wait()
-        if message.error is not None:
-            raise message.error
-        return handle
+        wf = self.workflow_for(live)
+        if step not in live.waiting_steps:
+            raise InvalidResume(id, event, f"step {step!r} is not parked")
+        if wf.step(step).resume_event(live.step_configs.get(step), event) is None:
+            raise InvalidResume(id, event, f"step {step!r} does not declare {event!r}")
+        now = self.clock.now()
+        record = TimerRecord(step=step, event=event, fire_at=self.clock.after(delay))
+        try:
+            added = await self.storage.add_wakeup(
+                NewWakeup(
+                    run_id=live.run_id,
+                    kind=WakeupKind.TIMER,
+                    step=step,
+                    event=event,
+                    due_at=record.fire_at,
+                ),
+                now=now,
+            )
+        except WakeupRefused as exc:
+            raise InvalidResume(id, event, f"the instance is {exc.status}") from None
+        assert added is not None
+        self._poke(live.run_id)
+        return TimerHandle(
+            run_id=live.run_id, seq=added.seq, record=added.timer_record(), _storage=self.storage
+        )
 
     async def cancel(self, id: str, *, workflow: str | None = None) -> Instance:
         """Stop the live run of ``id`` for good; returns it, ``cancelled``.
 
-        Its steps and timers are cancelled at once and no step runs afterwards.
+        The cancel is a request row applied by the run's owner (this engine,
+        another one, or this call itself when nobody owns the run): its steps
+        are interrupted at once and no step runs afterwards.
 
         Raises:
             InstanceNotFound, AmbiguousInstance: as for ``resume``.
-            NotCancellable: the run is already completed, failed or cancelled.
+            NotCancellable: the run is (or became, before the request applied)
+                completed or failed, or was already cancelled.
         """
         self._check_open()
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise NotCancellable(id, latest.status.value)
         run_id = live.run_id
-        async with self._exclusive(run_id):
-            runner = self._runners.get(run_id)
-            if runner is not None:
-                runner.cancel_requested = True
-                if runner.scope is not None:
-                    runner.scope.cancel()
-                await runner.stopped.wait()
-            persisted = False
-            try:
-                current = await self.storage.get(run_id)
-                if current is None:
-                    raise InstanceNotFound(id)
-                cancelled = pure.cancel(current, at=self.clock.now())
-                pending = [r.seq for r in await self.storage.pending_resumes(run_id)]
-                await self.storage.put(cancelled, consume=pending)
-                persisted = True
-            finally:
-                if not persisted and not self._closed:
-                    # The run was stopped but not cancelled (the storage failed):
-                    # restart it from its last persisted state, or its timers and
-                    # running steps would wait for the next engine.
-                    self._spawn(run_id)
-        self.bus.emit("instance.cancel", {}, self.metadata_for(cancelled))
-        self._finished(cancelled)
-        return cancelled
+        await request_cancel(self.storage, live, now=self.clock.now())
+        entry = self._runs.get(run_id)
+        if entry is not None:
+            entry.poke()
+            entry.interrupt()
+        else:
+            # Nobody may own it (hibernating): claim it now. A workflow this
+            # engine does not run is still cancelled, by one direct fenced write.
+            leases = await self.storage.claim(
+                self._engine_id,
+                now=self.clock.now(),
+                ttl=self.lease_ttl,
+                workflows=None,
+                limit=1,
+                run_ids=[run_id],
+            )
+            for lease in leases:
+                if live.workflow in self._workflows:
+                    self._spawn(lease)
+                else:
+                    await cancel_directly(self.storage, lease, now=self.clock.now())
+        final = await self._wait_run(run_id, None)
+        if final.status is not Status.CANCELLED:
+            raise NotCancellable(id, final.status.value)
+        return final
 
     async def get(self, id: str, *, workflow: str | None = None) -> Instance:
         """The live run of ``id``, else its most recent run.
@@ -495,6 +494,9 @@ class Engine:
     ) -> Instance:
         """Wait until the run of ``id`` is completed, failed or cancelled; return it.
 
+        A run this engine drives is announced (``workflow.stop``) before this
+        returns; a run another engine drives is re-read at least once a second.
+
         Raises:
             InstanceNotFound, AmbiguousInstance: as for ``get``.
             trio.TooSlowError: ``timeout`` seconds passed first.
@@ -504,18 +506,32 @@ class Engine:
         if live is None:
             await trio.lowlevel.checkpoint()
             return latest
-        run_id = live.run_id
+        return await self._wait_run(live.run_id, timeout)
+
+    async def _wait_run(self, run_id: str, timeout: float | None) -> Instance:
+        poll = _FOREIGN_POLL_FIRST
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
-                signal = self._terminal.setdefault(run_id, trio.Event())
+                signal = self._terminal.get(run_id)
+                if signal is None or signal.is_set():
+                    signal = self._terminal[run_id] = trio.Event()
                 current = await self.storage.get(run_id)
                 if current is None:
-                    raise InstanceNotFound(id)
-                # A durable write is visible before its writer resumes: while the
-                # run's task still holds it, wait for the task to announce the end.
-                if current.is_terminal and run_id not in self._runners:
+                    raise InstanceNotFound(run_id)
+                driven_here = run_id in self._runs
+                if current.is_terminal and not driven_here:
                     return current
-                await signal.wait()
+                if driven_here:
+                    await signal.wait()
+                    poll = _FOREIGN_POLL_FIRST
+                else:
+                    # Hibernating, or driven by another engine: re-read with a
+                    # backoff; a local claim of the run sets the signal at once.
+                    with trio.move_on_after(poll):
+                        await signal.wait()
+                    poll = min(poll * 2, _FOREIGN_POLL_MAX)
+                if self._terminal.get(run_id) is signal and signal.is_set():
+                    del self._terminal[run_id]
 
     def subscribe(self, handler: Handler, events: Iterable[str] | None = None) -> Any:
         """Call ``handler(event)`` for each event (or only those named); returns an unsubscribe.
@@ -532,44 +548,8 @@ class Engine:
 
     @property
     def live_tasks(self) -> int:
-        """Runs that currently have a task (parked runs without timers have none)."""
-        return len(self._runners)
-
-    # -- startup ---------------------------------------------------------
-
-    async def _recover(self) -> tuple[int, int]:
-        live = await self.storage.query(status_in=LIVE)
-        live_ids = {i.run_id for i in live}
-        with_resumes: set[str] = set()
-        for record in await self.storage.pending_resumes():
-            if record.run_id in live_ids:
-                with_resumes.add(record.run_id)
-                continue
-            run = await self.storage.get(record.run_id)
-            if run is not None and run.is_terminal:
-                # Accepted just as its run ended, by an engine that died before it
-                # could drop it: it can never apply.
-                await self.storage.delete_resume(record.seq)
-        started = hibernating = 0
-        for instance in live:
-            if instance.workflow not in self._workflows:
-                logger.error(
-                    "run %s uses workflow %r, which this engine was not given; left as is",
-                    instance.id,
-                    instance.workflow,
-                )
-                continue
-            idle = (
-                instance.status is Status.WAITING
-                and not instance.timers
-                and instance.run_id not in with_resumes
-            )
-            if idle:
-                hibernating += 1
-            else:
-                self._spawn(instance.run_id)
-                started += 1
-        return started, hibernating
+        """Runs this engine currently drives (hibernating runs have no task anywhere)."""
+        return len(self._runs)
 
     async def _retention_loop(self, retention: timedelta) -> None:
         interval = min(max(retention.total_seconds() / 10, 1.0), 3600.0)
@@ -580,14 +560,114 @@ class Engine:
                 logger.exception("retention purge failed; will retry")
 
 
-@attrs.frozen
-class _Options:
-    restart_policy: RestartPolicy
-    inbox_size: int
-    handlers: tuple[Handler, ...]
-    retention: timedelta | None
-    wall_clock: Any
-    rng: random.Random
+# -- calls that need no engine (the CLI uses them too) -----------------------------
+
+
+async def resume_run(
+    storage: Storage,
+    workflows: Mapping[str, type[Workflow]],
+    id: str,
+    event: str,
+    payload: Mapping[str, Any] | None,
+    *,
+    step: str | None,
+    workflow: str | None,
+    dedup_key: str | None,
+    now: datetime,
+    max_pending: int | None,
+    matches: Any = None,
+    poke: Any = None,
+) -> bool:
+    """Validate a resume against the stored run and record it; ``False`` if deduplicated.
+
+    Shared by ``Engine.resume`` and the command line (which has no engine).
+    """
+    runs = [
+        i
+        for i in await storage.query(id=id)
+        if (matches(i, workflow) if matches is not None else workflow in (None, i.workflow))
+    ]
+    if not runs:
+        raise InstanceNotFound(id)
+    live = [i for i in runs if i.status.is_live]
+    if len(live) > 1:
+        raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
+    if not live:
+        if dedup_key is not None and await storage.seen_dedup_key(runs[-1].run_id, dedup_key):
+            return False
+        raise InvalidResume(id, event, f"the instance is {runs[-1].status.value}")
+    run = live[0]
+    wf = workflows.get(run.workflow)
+    if wf is None or wf.is_dispatcher():
+        raise UnknownWorkflow(
+            f"run {run.id!r} uses workflow {run.workflow!r} version {run.workflow_version}, "
+            "which is not known here; pass it in open_engine(workflows=[...])"
+        )
+    pending = {w.step for w in await storage.wakeups(run.run_id) if w.kind is WakeupKind.RESUME}
+    try:
+        chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
+    except InvalidResume:
+        if dedup_key is not None and await storage.seen_dedup_key(run.run_id, dedup_key):
+            return False
+        raise
+    try:
+        added = await storage.add_wakeup(
+            NewWakeup(
+                run_id=run.run_id,
+                kind=WakeupKind.RESUME,
+                step=chosen,
+                event=event,
+                payload=payload,
+                dedup_key=dedup_key,
+                due_at=now,
+            ),
+            now=now,
+            max_pending=max_pending,
+        )
+    except WakeupRefused as exc:
+        if exc.reason == "full":
+            raise Backpressure(id, max_pending or 0) from None
+        if exc.reason == "step_pending":
+            raise InvalidResume(
+                id, event, f"step {chosen!r} already has a pending resume"
+            ) from None
+        raise InvalidResume(id, event, f"the instance is {exc.status}") from None
+    if added is None:
+        return False
+    if poke is not None:
+        poke(run.run_id)
+    return True
+
+
+async def request_cancel(storage: Storage, run: Instance, *, now: datetime) -> None:
+    """Record a cancel request for live ``run`` (idempotent).
+
+    Raises:
+        NotCancellable: the run is no longer live.
+    """
+    try:
+        await storage.add_wakeup(
+            NewWakeup(run_id=run.run_id, kind=WakeupKind.CANCEL, due_at=now), now=now
+        )
+    except WakeupRefused as exc:
+        raise NotCancellable(run.id, exc.status or "gone") from None
+
+
+async def cancel_directly(storage: Storage, lease: Lease, *, now: datetime) -> Instance | None:
+    """Apply a cancel with one fenced write under ``lease`` (no step code runs).
+
+    Used when the caller claimed an unowned run it cannot drive (its workflow
+    is not registered here, or the caller is the command line).
+    """
+    run = await storage.get(lease.run_id)
+    if run is None or run.is_terminal:
+        return run
+    decision = decide.apply_cancel(run, at=now)
+    await storage.write(lease, decision.instance, now=now)
+    return decision.instance
+
+
+# -- open_engine ----------------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -596,25 +676,27 @@ async def _running(
     nursery: trio.Nursery,
     registry: dict[str, type[Workflow]],
     options: _Options,
+    built: list[Engine],
 ) -> AsyncIterator[Engine]:
     """Build the engine in the root nursery, recover, yield; on exit, stop every task."""
-    engine = Engine(
-        storage=store,
-        nursery=nursery,
-        restart_policy=options.restart_policy,
-        inbox_size=options.inbox_size,
-        clock=WallClock(options.wall_clock),
-        rng=options.rng,
-    )
+    engine = Engine(storage=store, nursery=nursery, options=options, registry=registry)
+    built.append(engine)
     for handler in options.handlers:
         engine.subscribe(handler)
-    engine._workflows.update(registry)
-    started, hibernating = await engine._recover()
+    await store.register_engine(
+        engine.engine_id,
+        now=engine.clock.now(),
+        info={"host": socket.gethostname(), "pid": os.getpid()},
+    )
+    await store.reap_engines(now=engine.clock.now())
+    recovered = await claim_now(engine)
     engine.bus.emit(
         "runner.init",
-        {"recovered": float(started), "hibernating": float(hibernating)},
-        {"storage": type(store).__name__},
+        {"recovered": float(recovered)},
+        {"storage": type(store).__name__, "engine_id": engine.engine_id},
     )
+    nursery.start_soon(claim_loop, engine, name="claims")
+    nursery.start_soon(renew_loop, engine, name="heartbeat")
     if options.retention is not None:
         nursery.start_soon(engine._retention_loop, options.retention)
     token = current_engine.set(engine)
@@ -624,6 +706,24 @@ async def _running(
         current_engine.reset(token)
         engine._closed = True
         nursery.cancel_scope.cancel()
+
+
+async def _release(store: Storage, engine: Engine | None) -> None:
+    """Clean shutdown: hand every lease back so a peer takes over at once."""
+    if engine is None:
+        return
+    with trio.CancelScope(shield=True), trio.move_on_after(10):
+        try:
+            await store.release_all(engine.engine_id, now=engine.clock.now())
+            await store.unregister_engine(engine.engine_id)
+        except Exception:
+            logger.exception("could not release leases at shutdown; they will expire")
+
+
+def _positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 @asynccontextmanager
@@ -637,22 +737,29 @@ async def open_engine(
     retention: timedelta | None = None,
     wall_clock: Any = None,
     rng: random.Random | None = None,
+    lease_ttl: float = 30.0,
+    lease_renewal: float = 5.0,
 ) -> AsyncIterator[Engine]:
-    """Open storage, recover every live run, and yield the running engine.
+    """Open storage, claim every run that needs a driver, and yield the running engine.
 
-    Leaving the block cancels every run's task; what was persisted stays and
-    the next ``open_engine`` on the same storage continues it.
+    Several engines (in this process or others) may share one storage; each
+    run is driven by one of them at a time. Leaving the block cancels every
+    run's task and releases their leases, so a peer takes over at once; what
+    was persisted stays.
 
     Args:
         storage: defaults to a fresh ``MemoryStorage``.
-        workflows: every workflow the engine may run or recover.
+        workflows: every workflow the engine may run; it claims only these.
         restart_policy: restart intensity per run (default ``RestartPolicy()``).
-        inbox_size: casts a busy run may queue before ``Backpressure``.
+        inbox_size: unapplied resumes a run may hold before ``Backpressure``.
         handlers: event handlers attached before ``runner.init`` fires.
         retention: purge terminal runs older than this in the background.
         wall_clock: a ``() -> datetime`` for record timestamps (default: wall
             time advanced by Trio's clock).
         rng: randomness for retry jitter (inject one for determinism).
+        lease_ttl: seconds a lease lasts unless renewed; a dead engine's runs
+            are taken over after this (at once when the storage can prove it dead).
+        lease_renewal: seconds between renewals; must be below ``lease_ttl``.
 
     Synopsis::
 
@@ -662,6 +769,13 @@ async def open_engine(
     """
     if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
         raise ValueError(f"inbox_size must be a positive int, got {inbox_size!r}")
+    ttl = _positive("lease_ttl", lease_ttl)
+    renewal = _positive("lease_renewal", lease_renewal)
+    if renewal >= ttl:
+        raise ValueError(
+            f"lease_renewal ({renewal}s) must be shorter than lease_ttl ({ttl}s), or leases "
+            "would lapse between renewals"
+        )
     options = _Options(
         restart_policy=restart_policy or RestartPolicy(),
         inbox_size=inbox_size,
@@ -669,28 +783,32 @@ async def open_engine(
         retention=retention,
         wall_clock=wall_clock,
         rng=rng or random.Random(),
+        lease_ttl=ttl,
+        lease_renewal=renewal,
     )
     registry: dict[str, type[Workflow]] = {}
     for workflow in workflows:  # bad input fails here, before anything is opened
         _register(registry, workflow)
     store: Storage = storage if storage is not None else MemoryStorage()
-    # A backend whose data several engines must not run at once offers a lock.
-    claim = getattr(store, "engine_lock", None)
     raised_in_block: list[BaseException] = []
-    with claim() if claim is not None else contextlib.nullcontext():
-        try:
-            async with store, trio.open_nursery() as nursery:
-                try:
-                    async with _running(store, nursery, registry, options) as engine:
-                        yield engine
-                except BaseException as exc:  # re-raised at once; unwrapped below
-                    raised_in_block.append(exc)
-                    raise
-        except BaseExceptionGroup as group:
-            # The root nursery wraps whatever its body raised: a failed recovery,
-            # or the caller's own block. Give it back as it was raised, so
-            # `except SomeError` around the block works, unless the engine's
-            # tasks failed too (then the whole group matters).
-            if raised_in_block and list(group.exceptions) == raised_in_block:
-                raise raised_in_block[0] from None
-            raise
+    built: list[Engine] = []
+    try:
+        async with store:
+            try:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        async with _running(store, nursery, registry, options, built) as engine:
+                            yield engine
+                    except BaseException as exc:  # re-raised at once; unwrapped below
+                        raised_in_block.append(exc)
+                        raise
+            finally:
+                await _release(store, built[0] if built else None)
+    except BaseExceptionGroup as group:
+        # The root nursery wraps whatever its body raised: a failed recovery,
+        # or the caller's own block. Give it back as it was raised, so
+        # `except SomeError` around the block works, unless the engine's
+        # tasks failed too (then the whole group matters).
+        if raised_in_block and list(group.exceptions) == raised_in_block:
+            raise raised_in_block[0] from None
+        raise

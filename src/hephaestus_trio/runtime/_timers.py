@@ -1,66 +1,55 @@
-"""Timers: each armed timer is a ``trio.sleep_until`` task in the instance nursery.
+"""``TimerHandle``: a value naming one durable timer wakeup.
 
-The durable half is the ``TimerRecord`` in ``instance.timers``; the task is
-only its in-memory incarnation, re-created from the record after a restart.
+A timer is a row in the storage with an absolute due time, not a task: the
+run that owns it may be hibernating, or driven by another engine. The handle
+therefore holds no scope and no task; ``cancel()`` deletes the row (durably,
+from any process) and ``state()`` reads the storage.
 """
 
 from __future__ import annotations
 
-from typing import final
+from typing import TYPE_CHECKING, Literal, final
 
 import attrs
-import trio
 
 from ..core._instance import TimerRecord
-from ._messages import Message, TimerCancelled, TimerFired
 
-__all__ = ["TimerHandle", "run_timer"]
+if TYPE_CHECKING:
+    from ..storage._protocol import Storage
+
+__all__ = ["TimerHandle", "TimerState"]
+
+TimerState = Literal["pending", "fired", "cancelled"]
 
 
 @final
-@attrs.define(eq=False)
+@attrs.frozen(kw_only=True)
 class TimerHandle:
-    """A cancellable handle on one armed timer (returned by ``schedule_resume``).
+    """A durable timer armed by ``schedule_resume``.
 
-    ``cancel()`` cancels the sleep task's scope; the instance then drops the
-    durable record, so the timer will not fire after a restart either.
+    ``fired`` means the timer completed its step; ``cancelled`` means it never
+    will: cancelled through this handle, or its step finished another way, or
+    its run ended first.
     """
 
+    run_id: str
+    """The run the timer belongs to."""
+    seq: int
+    """The timer's wakeup ``seq`` in the storage."""
     record: TimerRecord
-    """The durable record: step, event, fire_at."""
-    _scope: trio.CancelScope = attrs.field(factory=trio.CancelScope, alias="_scope")
-    _silent: bool = attrs.field(default=False, alias="_silent")
-    _armed: trio.Event = attrs.field(factory=trio.Event, alias="_armed")
-    _fired: bool = attrs.field(default=False, alias="_fired")
+    """Step, event and ``fire_at``."""
+    _storage: Storage = attrs.field(alias="_storage", eq=False, repr=False)
 
-    def cancel(self) -> None:
-        """Stop the timer; a no-op once it has fired."""
-        self._scope.cancel()
+    async def cancel(self) -> bool:
+        """Delete the timer durably; ``True`` if this call stopped it, ``False`` if it
+        had already fired or been dropped. Works from any engine or process."""
+        return await self._storage.cancel_timer(self.run_id, self.seq)
 
-    @property
-    def fired(self) -> bool:
-        """Whether the timer delivered its event."""
-        return self._fired
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether ``cancel()`` (or the step completing first) stopped it."""
-        return self._scope.cancel_called and not self._fired
-
-    def _discard(self) -> None:
-        # Cancelled by the instance itself (the step completed first): no message back.
-        self._silent = True
-        self._scope.cancel()
-
-
-async def run_timer(
-    handle: TimerHandle, deadline: float, send: trio.MemorySendChannel[Message]
-) -> None:
-    """Sleep until ``deadline`` on Trio's clock, then deliver (or report the cancel)."""
-    with handle._scope:
-        await trio.sleep_until(deadline)
-        handle._fired = True
-    if handle._fired:
-        await send.send(TimerFired(handle.record))
-    elif not handle._silent:
-        await send.send(TimerCancelled(handle.record))
+    async def state(self) -> TimerState:
+        """``"pending"``, ``"fired"`` or ``"cancelled"``, as the storage has it now."""
+        if any(w.seq == self.seq for w in await self._storage.wakeups(self.run_id)):
+            return "pending"
+        run = await self._storage.get(self.run_id)
+        if run is not None and any(e.wakeup == self.seq for e in run.execution_history):
+            return "fired"
+        return "cancelled"

@@ -364,6 +364,10 @@ class Storage(Protocol):
         """
         ...
 
+    async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
+        """Whether a resume with ``dedup_key`` was ever recorded for the run."""
+        ...
+
     async def wakeups(self, run_id: str) -> list[Wakeup]:
         """The run's unapplied wakeups, in ``seq`` order."""
         ...

@@ -1,0 +1,419 @@
+"""One incarnation of one run: its child nursery, its loop, its fenced writes.
+
+The loop is the only writer of the run's state, by construction: step tasks
+only send messages, engine calls and other processes only add wakeup rows
+(and poke). The loop applies each input with a pure decision function
+(``core._decisions``), writes the result under the run's lease (the write *is*
+the transition: state only changes in memory once the storage accepted it),
+then starts whatever the new state asks for.
+
+The loop ends when the run is terminal, when the run *hibernates* (every
+active step parked, nothing executing: it releases its lease and keeps no
+task, timers included, since timers are rows the engine watches), or when
+the driver's scope is cancelled (lease lost, engine closing).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from .._errors import LeaseLost
+from ..core import _decisions as decide
+from ..core import _engine as pure
+from ..core._instance import Instance, Status, TimerRecord
+from ..core._workflow import Workflow
+from ..storage._protocol import Wakeup, WakeupGone, WakeupKind
+from ._messages import Message, Poke, StepCrashed, StepFinished
+from ._runs import RunEntry
+from ._step_runner import run_step
+
+if TYPE_CHECKING:
+    from ._open_engine import Engine
+
+__all__ = ["Incarnation", "StorageFault"]
+
+logger = logging.getLogger("hephaestus_trio.runtime")
+
+_T = TypeVar("_T")
+
+
+class StorageFault(Exception):
+    """A storage call failed (disk full, I/O error, lost connection).
+
+    Not a bug in the run's code: the driver backs off and retries without
+    spending the run's restart budget.
+    """
+
+
+class Incarnation:
+    """The loop of one run, from one read of its state to its stop."""
+
+    def __init__(self, engine: Engine, entry: RunEntry) -> None:
+        self.engine = engine
+        self.entry = entry
+        self.run_id = entry.run_id
+        self.inst: Instance | None = None
+        self.workflow: type[Workflow] | None = None
+        self.wakeups: dict[int, Wakeup] = {}
+        self.seen = 0
+        self.executing: dict[str, trio.CancelScope] = {}
+        self.inline: str | None = None
+        self.nursery: trio.Nursery | None = None
+        self.final: Instance | None = None
+        self.metadata: dict[str, Any] = {}
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def io(self, call: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one storage call; any failure but a lost lease is a ``StorageFault``."""
+        try:
+            return await call()
+        except (LeaseLost, WakeupGone, trio.Cancelled):
+            raise
+        except Exception as exc:
+            raise StorageFault(f"{self.run_id}: storage call failed: {exc!r}") from exc
+
+    def emit(self, name: str, measurements: dict[str, float], **extra: Any) -> None:
+        bus = self.engine.bus
+        if bus.wants(name):
+            bus.emit(name, measurements, {**self.metadata, **extra})
+
+    def now(self) -> datetime:
+        return self.engine.clock.now()
+
+    @property
+    def state(self) -> Instance:
+        assert self.inst is not None
+        return self.inst
+
+    async def commit(
+        self,
+        new: Instance,
+        *,
+        consume: Sequence[int] = (),
+        add_timers: Sequence[TimerRecord] = (),
+    ) -> None:
+        """Write ``new`` under the lease; only then is it the run's state."""
+        old = self.state
+        storage = self.engine.storage
+        lease = self.entry.lease
+        added = await self.io(
+            lambda: storage.write(
+                lease, new, now=self.now(), consume=consume, add_timers=add_timers
+            )
+        )
+        for seq in consume:
+            self.wakeups.pop(seq, None)
+        for wakeup in added:
+            self.wakeups[wakeup.seq] = wakeup
+            self.seen = max(self.seen, wakeup.seq)
+        self.inst = new
+        if new.is_terminal:
+            self.wakeups.clear()
+            self.final = new
+        if old.status is not new.status or old.active_steps != new.active_steps:
+            self.emit(
+                "workflow.transition",
+                {},
+                from_status=old.status.value,
+                to_status=new.status.value,
+                active_steps=sorted(new.active_steps),
+            )
+
+    async def refresh(self) -> None:
+        """Re-read the run's wakeups (a poke said they may have changed)."""
+        storage = self.engine.storage
+        rows = await self.io(lambda: storage.wakeups(self.run_id))
+        self.wakeups = {w.seq: w for w in rows}
+        if rows:
+            self.seen = max(self.seen, rows[-1].seq)
+
+    # -- main loop ------------------------------------------------------------
+
+    async def run(self) -> None:
+        storage = self.engine.storage
+        inst = await self.io(lambda: storage.get(self.run_id))
+        if inst is None or inst.is_terminal:
+            return
+        self.inst = inst
+        self.workflow = self.engine.workflow_for(inst)
+        self.metadata = self.entry.metadata = self.engine.metadata_for(inst)
+        await self.refresh()
+        self.entry.set_interrupt(self._interrupt_steps)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                if self.state.status is Status.PENDING:
+                    started = trio.current_time()
+                    await self.commit(pure.advance(self.state, workflow=self.workflow, at=self.now()))
+                    self.emit("engine.advance", {"duration": trio.current_time() - started})
+                while True:
+                    await self._apply_wakeups()
+                    if self.state.is_terminal:
+                        break
+                    self._reconcile()
+                    if not self.executing and await self._hibernate():
+                        break
+                    message = await self._next_message()
+                    await self._handle(message)
+                    if self.state.is_terminal:
+                        break
+                nursery.cancel_scope.cancel()
+        finally:
+            self.entry.set_interrupt(None)
+            if self.final is not None:
+                self.entry.closing = True
+                # Only the loop that wrote the terminal state announces it: once.
+                self.engine._finished(self.final)
+
+    async def fail_for_good(self, crash: BaseException, restarts: int) -> None:
+        """The give-up after the restart budget: one write of ``failed``, announced once."""
+        storage = self.engine.storage
+        inst = await self.io(lambda: storage.get(self.run_id))
+        if inst is None or inst.is_terminal:
+            return
+        self.inst = inst
+        self.metadata = self.engine.metadata_for(inst)
+        decision = decide.give_up(
+            inst, crash, restarts=restarts, policy=self.engine.restart_policy, at=self.now()
+        )
+        if decision.outcome == "ignored":
+            return
+        await self.commit(decision.instance)
+        self.entry.closing = True
+        self.engine._finished(decision.instance)
+
+    async def _next_message(self) -> Message | None:
+        if self.inline is not None:
+            return await self._run_inline(self.inline)
+        deadline = self._next_due()
+        with trio.move_on_at(deadline):
+            return await self.entry.recv.receive()
+        return None  # a timer is due
+
+    def _next_due(self) -> float:
+        due = [
+            w.due_at
+            for w in self.wakeups.values()
+            if w.kind is WakeupKind.TIMER and w.step in self.state.waiting_steps
+        ]
+        return self.engine.clock.deadline(min(due)) if due else math.inf
+
+    async def _handle(self, message: Message | None) -> None:
+        if isinstance(message, StepFinished):
+            self.executing.pop(message.step, None)
+            await self._on_step_finished(message)
+        elif isinstance(message, StepCrashed):
+            self.executing.pop(message.step, None)
+            decision = decide.apply_crash(
+                self.state,
+                message.step,
+                message.error,
+                attempt=message.attempt,
+                timed_out=message.timed_out,
+                at=self.now(),
+            )
+            if decision.outcome != "ignored":
+                await self.commit(decision.instance)
+        elif isinstance(message, Poke):
+            self.entry.took_poke()
+            await self.refresh()
+        # None: a timer is due; _apply_wakeups runs next.
+
+    async def _on_step_finished(self, message: StepFinished) -> None:
+        assert self.workflow is not None
+        started = trio.current_time()
+        decision = decide.apply_result(
+            self.state,
+            message.step,
+            message.result,
+            attempt=message.attempt,
+            at=self.now(),
+            workflow=self.workflow,
+        )
+        if decision.outcome == "ignored":
+            return
+        await self.commit(decision.instance, add_timers=decision.timers)
+        measurements = {"duration": message.duration, "attempt": float(message.attempt)}
+        if decision.outcome == "completed":
+            self.emit("engine.advance", {"duration": trio.current_time() - started}, step=message.step)
+            self.emit("step.stop", measurements, step=message.step, event=decision.event)
+        elif decision.outcome == "parked":
+            after = None
+            if decision.timers:
+                after = (decision.timers[0].fire_at - self.now()).total_seconds()
+            self.emit("step.async", measurements, step=message.step, timer=after)
+        elif decision.outcome == "failed" and decision.instance.error is not None:
+            if decision.instance.error.kind == "failure":
+                self.emit("step.stop", measurements, step=message.step, event=None, failed=True)
+
+    # -- wakeups ----------------------------------------------------------------
+
+    async def _apply_wakeups(self) -> None:
+        """Apply every applicable wakeup in ``seq`` order; keep early resumes for later."""
+        assert self.workflow is not None
+        progressed = True
+        while progressed and not self.state.is_terminal:
+            progressed = False
+            for seq in sorted(self.wakeups):
+                wakeup = self.wakeups.get(seq)
+                if wakeup is None:
+                    continue
+                try:
+                    acted = await self._apply(wakeup)
+                except WakeupGone:
+                    # A timer cancelled through its handle while we applied it.
+                    await self.refresh()
+                    progressed = True
+                    break
+                if self.state.is_terminal:
+                    return
+                if acted:
+                    progressed = True
+                    break  # the state changed: re-examine from the oldest
+
+    async def _apply(self, wakeup: Wakeup) -> bool:
+        """Apply or drop one wakeup; ``False`` when it must wait (an early resume, a future timer)."""
+        assert self.workflow is not None
+        inst, at = self.state, self.now()
+        if wakeup.kind is WakeupKind.CANCEL:
+            self._interrupt_steps()
+            decision = decide.apply_cancel(inst, at=at)
+            await self.commit(decision.instance, consume=[wakeup.seq])
+            self.emit("instance.cancel", {})
+            return True
+        assert wakeup.step is not None
+        assert wakeup.event is not None
+        if wakeup.kind is WakeupKind.TIMER and wakeup.due_at > at:
+            return False
+        if wakeup.step not in inst.waiting_steps:
+            if (
+                wakeup.kind is WakeupKind.RESUME
+                and wakeup.step in decide.can_still_run(inst, self.workflow.definition())
+            ):
+                return False  # recorded before its step parked: applied when it does
+            await self.commit(inst, consume=[wakeup.seq])
+            logger.info(
+                "%s: dropped %s %r for step %r: it can no longer be delivered",
+                inst.id,
+                wakeup.kind.value,
+                wakeup.event,
+                wakeup.step,
+            )
+            return True
+        if wakeup.kind is WakeupKind.TIMER:
+            decision = decide.apply_timer(
+                inst, wakeup.timer_record(), at=at, workflow=self.workflow, wakeup=wakeup.seq
+            )
+        else:
+            decision = decide.apply_resume(
+                inst,
+                wakeup.step,
+                wakeup.event,
+                wakeup.payload,
+                at=at,
+                workflow=self.workflow,
+                wakeup=wakeup.seq,
+            )
+        await self.commit(decision.instance, consume=[wakeup.seq])
+        if decision.outcome == "completed":
+            extra = {"timer": True} if wakeup.kind is WakeupKind.TIMER else {}
+            self.emit("step.resume", {}, step=wakeup.step, event=decision.event, **extra)
+        return True
+
+    # -- hibernation --------------------------------------------------------------
+
+    async def _hibernate(self) -> bool:
+        """Release the lease when the run has nothing to do; ``True`` if it did."""
+        inst = self.state
+        if inst.status is not Status.WAITING or inst.running_steps:
+            return False
+        timers = [w.due_at for w in self.wakeups.values() if w.kind is WakeupKind.TIMER]
+        wake_at = min(timers) if timers else None
+        if wake_at is not None and wake_at <= self.now():
+            return False  # due: the loop applies it first
+        self.entry.closing = True
+        storage = self.engine.storage
+        lease = self.entry.lease
+        more = await self.io(
+            lambda: storage.release(lease, now=self.now(), wake_at=wake_at, seen=self.seen)
+        )
+        if more:
+            self.engine._wake_claims()
+        return True
+
+    # -- steps --------------------------------------------------------------------
+
+    def _interrupt_steps(self) -> None:
+        for scope in self.executing.values():
+            scope.cancel()
+
+    def _reconcile(self) -> None:
+        """Start the running steps that have no task yet."""
+        assert self.nursery is not None
+        assert self.workflow is not None
+        inst = self.state
+        to_start = sorted(inst.running_steps - self.executing.keys())
+        if not to_start:
+            return
+        if (
+            len(to_start) == 1
+            and not self.executing
+            and inst.active_steps == {to_start[0]}
+            and not self.wakeups
+        ):
+            # The run's only active step, nothing parked, no wakeup pending: no
+            # message can need the loop while it runs (a cancel interrupts it
+            # directly), so it runs in the loop task instead of a task of its own.
+            self.inline = to_start[0]
+            self.executing[self.inline] = trio.CancelScope()
+            return
+        steps = self.workflow.definition().steps
+        for key in to_start:
+            scope = trio.CancelScope()
+            self.executing[key] = scope
+            self.nursery.start_soon(self._run_step, key, steps[key], scope)
+
+    async def _run_step(self, key: str, step_cls: Any, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._attempts(key, step_cls, self.entry.send.send)
+        if scope.cancelled_caught:
+            # Interrupted by a cancel request: the step is gone, tell the loop.
+            if self.executing.get(key) is scope:
+                del self.executing[key]
+            self.entry.poke()
+
+    async def _run_inline(self, key: str) -> Message:
+        assert self.workflow is not None
+        self.inline = None
+        reported: list[Message] = []
+
+        async def keep(message: Message) -> None:
+            reported.append(message)
+
+        with self.executing[key]:
+            await self._attempts(key, self.workflow.definition().steps[key], keep)
+        if not reported:
+            self.executing.pop(key, None)
+            return Poke()  # interrupted: re-read the wakeups (a cancel is waiting)
+        return reported[0]
+
+    async def _attempts(
+        self, key: str, step_cls: Any, report: Callable[[Message], Awaitable[None]]
+    ) -> None:
+        await run_step(
+            step_key=key,
+            step_cls=step_cls,
+            config=self.state.step_configs.get(key),
+            snapshot=lambda: self.state,
+            report=report,
+            emit=self.engine.bus.emit,
+            metadata=self.metadata,
+            rng=self.engine.rng,
+        )

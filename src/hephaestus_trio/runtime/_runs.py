@@ -1,0 +1,73 @@
+"""``RunEntry``: what the engine knows about one run it currently drives.
+
+An entry exists exactly while the engine holds the run's lease and a driver
+task runs it. It is deliberately small: the lease (renewed in place by the
+heartbeat), the mailbox, the cancel scope that stops the driver when the
+lease is lost, and a ``done`` event. The run's state is not here: the run's
+loop holds it, and the storage holds the truth.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ..storage._protocol import Lease
+from ._messages import Message, Poke
+
+__all__ = ["RunEntry"]
+
+
+class RunEntry:
+    """One run driven by this engine."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.run_id = lease.run_id
+        self.lease = lease
+        # Unbounded: step tasks report once per step and pokes are coalesced,
+        # so the buffer is bounded by the workflow, and a sender never blocks.
+        self.send, self.recv = trio.open_memory_channel[Message](math.inf)
+        self.scope = trio.CancelScope()
+        self.lost = False
+        """Set when the lease was lost: the driver stops without writing."""
+        self.closing = False
+        """Set once the loop has decided to stop (hibernate or terminal)."""
+        self.done = trio.Event()
+        self.metadata: dict[str, Any] = {"run_id": lease.run_id}
+        """Event metadata of the run, filled in by its loop once it read the run."""
+        self._poke_pending = False
+        self._interrupt: Callable[[], None] | None = None
+
+    def poke(self) -> None:
+        """Ask the loop to re-read the run's wakeups (coalesced)."""
+        if self._poke_pending:
+            return
+        self._poke_pending = True
+        try:
+            self.send.send_nowait(Poke())
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def took_poke(self) -> None:
+        self._poke_pending = False
+
+    def set_interrupt(self, interrupt: Callable[[], None] | None) -> None:
+        self._interrupt = interrupt
+
+    @property
+    def interruptible(self) -> bool:
+        """Whether a loop is running that ``interrupt`` would reach."""
+        return self._interrupt is not None
+
+    def interrupt(self) -> None:
+        """Cancel the run's executing steps now (a cancel request is recorded)."""
+        if self._interrupt is not None:
+            self._interrupt()
+
+    def stop_lost(self) -> None:
+        """The lease is gone: stop the driver at once, writing nothing."""
+        self.lost = True
+        self.scope.cancel()
