@@ -1,10 +1,11 @@
 """The commands ``graph``, ``list``, ``show``, ``resume`` and ``cancel``.
 
-``list`` and ``show`` only read the storage. ``resume`` and ``cancel`` open a
-running engine on a *view* of the storage that holds one business id
-(``OneRunStorage``): the engine recovers nothing by itself, so the command
-never executes other runs' steps; the call wakes the named run, exactly as
-it would in an application.
+``list`` and ``show`` only read the storage. ``resume`` and ``cancel`` run no
+engine and never execute step code: they validate against the stored run and
+add a wakeup row, which the engine that owns the run applies (an
+application's engine running on the same storage notices it within its poll
+interval). A cancel of a run nobody owns is applied here, with one fenced
+write under a lease of the command's own.
 
 The five commands share their argument handling, error translation and
 storage opening, so they live together, a little over the house aim of 400
@@ -14,32 +15,31 @@ lines.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import Sequence
-from datetime import datetime
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import trio
 
-from .._errors import AmbiguousInstance, InstanceNotFound, UnknownWorkflow
+from .._errors import AmbiguousInstance, InstanceNotFound, NotCancellable, UnknownWorkflow
 from ..core._instance import Instance, Status
+from ..core._json import check_json_safe
 from ..core._serialization import dumps
 from ..core._workflow import Workflow, get_workflow
-from ..observability import Event
-from ..runtime import open_engine
-from ..storage import ResumeRecord, SQLiteStorage, Storage, storage_from_url
+from ..runtime._open_engine import cancel_directly, request_cancel, resume_run
+from ..storage import SQLiteStorage, Storage, storage_from_url
 from ._progress import Progress
 
 __all__ = [
     "CLIError",
-    "OneRunStorage",
     "cmd_cancel",
     "cmd_graph",
     "cmd_list",
@@ -161,85 +161,6 @@ async def _find_run(storage: Storage, id: str, workflow: str | None) -> tuple[In
     if len(live) > 1:
         raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
     return (live[0] if live else runs[-1]), len(runs)
-
-
-class OneRunStorage:
-    """A view of ``inner`` that shows only the runs of business id ``id``.
-
-    Queries without that id (what an engine runs to recover on open) return
-    nothing, so an engine opened on this view runs no other run's steps, and
-    does not run the named one either until a call wakes it.
-    """
-
-    def __init__(self, inner: Storage, id: str) -> None:
-        self._inner = inner
-        self._id = id
-        self.durable = inner.durable
-
-    async def __aenter__(self) -> OneRunStorage:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    def engine_lock(self) -> contextlib.AbstractContextManager[None]:
-        # The view runs an engine on the whole file: it takes the file's lock too,
-        # so it is refused while an application engine runs on that database.
-        claim = getattr(self._inner, "engine_lock", None)
-        return claim() if claim is not None else contextlib.nullcontext()
-
-    async def open(self) -> None:
-        await self._inner.open()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def get(self, run_id: str) -> Instance | None:
-        found = await self._inner.get(run_id)
-        return found if found is not None and found.id == self._id else None
-
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
-        await self._inner.put(instance, consume=consume)
-
-    async def delete(self, run_id: str) -> None:
-        await self._inner.delete(run_id)
-
-    async def query(
-        self,
-        *,
-        status: Status | str | None = None,
-        status_in: Sequence[Status | str] | None = None,
-        workflow: str | None = None,
-        workflow_version: int | None = None,
-        id: str | None = None,
-    ) -> list[Instance]:
-        if id != self._id:
-            await trio.lowlevel.checkpoint()
-            return []
-        return await self._inner.query(
-            status=status,
-            status_in=status_in,
-            workflow=workflow,
-            workflow_version=workflow_version,
-            id=id,
-        )
-
-    async def add_resume(self, run_id: str, step: str, event: str, at: datetime) -> ResumeRecord:
-        return await self._inner.add_resume(run_id, step, event, at)
-
-    async def pending_resumes(self, run_id: str | None = None) -> list[ResumeRecord]:
-        if run_id is None:
-            await trio.lowlevel.checkpoint()
-            return []
-        return await self._inner.pending_resumes(run_id)
-
-    async def delete_resume(self, seq: int) -> None:
-        await self._inner.delete_resume(seq)
-
-    async def purge(self, older_than: datetime) -> int:
-        await trio.lowlevel.checkpoint()
-        return 0
 
 
 def _describe(instance: Instance) -> str:
@@ -373,56 +294,101 @@ def _workflow_of(instance: Instance) -> type[Workflow]:
         ) from None
 
 
+async def _watch(
+    storage: Storage, run_id: str, seconds: float, done: Callable[[Instance, list[Any]], bool]
+) -> Instance | None:
+    """Re-read run ``run_id`` until ``done(run, wakeups)`` or ``seconds`` pass; the last read."""
+    last: Instance | None = None
+    with trio.move_on_after(seconds):
+        while True:
+            last = await storage.get(run_id)
+            if last is None or done(last, await storage.wakeups(run_id)):
+                return last
+            await trio.sleep(0.1)
+    return last
+
+
 async def cmd_resume(args: argparse.Namespace) -> int:
-    """Resume a parked run and run it until it settles (or ``--wait`` passes)."""
+    """Record a resume for a run; the engine that owns it applies it (no step runs here)."""
     import_workflows(args.workflow_modules)
-    storage = open_storage(args.storage)
+    payload = _payload(args.payload)
     progress = Progress()
     progress.source = "resume"
-    settled = trio.Event()
-    state = {"resumed": False, "status": ""}
-
-    def watch(event: Event) -> None:
-        if event.metadata.get("instance_id") != args.id:
-            return
-        if event.name == "workflow.transition":
-            state["status"] = str(event.metadata.get("to_status"))
-            if state["resumed"] and state["status"] == "waiting":
-                settled.set()
-        elif event.name == "step.resume":
-            state["resumed"] = True
-            if state["status"] == "waiting":
-                settled.set()
-        elif event.name == "workflow.stop":
-            settled.set()
-
-    view = OneRunStorage(storage, args.id)
-    async with open_engine(view, handlers=[watch]) as engine:
-        engine.subscribe(progress)  # after runner.init, which says nothing useful here
-        before = await engine.get(args.id, workflow=args.workflow)
-        if before.status.is_live:
-            engine.register(_workflow_of(before))
-        await engine.resume(args.id, args.event, step=args.step, workflow=args.workflow)
-        how = " (recorded durably)" if view.durable else ""
+    async with open_storage(args.storage) as storage:
+        run, _ = await _find_run(storage, args.id, args.workflow)
+        now = datetime.now(UTC)
+        recorded = await resume_run(
+            storage,
+            _workflow_of,
+            args.id,
+            args.event,
+            payload,
+            step=args.step,
+            workflow=args.workflow,
+            dedup_key=args.dedup_key,
+            now=now,
+            max_pending=None,
+        )
+        if recorded is None:
+            progress.say(f"dedup key {args.dedup_key!r} was already recorded: nothing to do")
+            return 0
+        how = " (recorded durably)" if storage.durable else ""
         progress.say(f"resume {args.event!r} accepted{how}", subject=args.id)
-        with trio.move_on_after(args.wait):
-            await settled.wait()
-        after = await engine.get(args.id, workflow=args.workflow)
-    print(_describe(after))
-    if after.status.is_live and not settled.is_set():
+
+        def applied(current: Instance, wakeups: list[Any]) -> bool:
+            return current.is_terminal or all(w.seq != recorded.seq for w in wakeups)
+
+        after = await _watch(storage, run.run_id, args.wait, applied)
+        still = after is not None and not applied(after, await storage.wakeups(run.run_id))
+    if after is not None:
+        print(_describe(after))
+    if still:
         print(
-            f"still {after.status.value} after {args.wait:g}s; the next engine opened on "
-            "this storage continues it"
+            f"the resume is recorded and not applied yet after {args.wait:g}s: an engine "
+            "running this workflow applies it when it claims the run"
         )
     return 0
 
 
+def _payload(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise CLIError(f"--payload is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise CLIError(f"--payload must be a JSON object, got {type(value).__name__}")
+    try:
+        check_json_safe(value, "payload")
+    except TypeError as exc:
+        raise CLIError(str(exc)) from None
+    return value
+
+
 async def cmd_cancel(args: argparse.Namespace) -> int:
-    """Cancel a live run (no step runs)."""
+    """Cancel a live run: a request its owner applies, or one direct write if it has none."""
     import_workflows(args.workflow_modules)
-    storage = open_storage(args.storage)
-    async with open_engine(OneRunStorage(storage, args.id)) as engine:
-        before = await engine.get(args.id, workflow=args.workflow)
-        cancelled = await engine.cancel(args.id, workflow=args.workflow)
-    print(f"cancelled {cancelled.id} (run {cancelled.run_id}; it was {before.status.value})")
+    async with open_storage(args.storage) as storage:
+        run, _ = await _find_run(storage, args.id, args.workflow)
+        if not run.status.is_live:
+            raise NotCancellable(run.id, run.status.value)
+        now = datetime.now(UTC)
+        await request_cancel(storage, run, now=now)
+        # Nobody owns it (no engine runs, or it hibernates): apply it here with
+        # one fenced write under a lease of our own. No step code runs.
+        for lease in await storage.claim(
+            f"cli-{uuid.uuid4()}", now=now, ttl=30.0, workflows=None, limit=1, run_ids=[run.run_id]
+        ):
+            await cancel_directly(storage, lease, now=datetime.now(UTC))
+        after = await _watch(storage, run.run_id, args.wait, lambda r, _: r.is_terminal)
+    if after is None or not after.is_terminal:
+        print(
+            f"cancel of {run.id} is recorded; the engine that owns the run has not applied "
+            f"it after {args.wait:g}s (it will, within one poll interval of noticing)"
+        )
+        return 0
+    if after.status is not Status.CANCELLED:
+        raise NotCancellable(after.id, after.status.value)
+    print(f"cancelled {after.id} (run {after.run_id}; it was {run.status.value})")
     return 0

@@ -160,28 +160,35 @@ def configure_resume_parser(
     parser = sub.add_parser(
         "resume",
         parents=[storage],
-        help="deliver an event to a parked run and run it until it settles",
+        help="record an event for a run; the engine that owns it applies it",
         description=(
-            "Resume the parked step of run ID with EVENT. The command runs an engine that "
-            "sees only this run: it records the resume durably, then executes the run's "
-            "steps until the run completes, fails or parks again (or --wait passes; the "
-            "next engine on this storage continues it). The run's workflow must be "
-            "importable: see --workflow-module. On SQLite one engine at a time runs a "
-            "database: while an application engine has it open the command is refused "
-            "(resume through that application instead)."
+            "Record EVENT for run ID (for its parked step, or for a step that has not "
+            "parked yet). The command runs no engine and no step: the engine that owns the "
+            "run (an application's, running meanwhile on the same storage) applies it, "
+            "or the next engine that claims the run. The run's workflow must be "
+            "importable to check the event: see --workflow-module."
         ),
     )
     parser.add_argument("id", metavar="ID")
     parser.add_argument("event", metavar="EVENT")
-    parser.add_argument("--step", metavar="STEP", help="step key, when several steps are parked")
+    parser.add_argument("--step", metavar="STEP", help="step key, when several steps accept EVENT")
     parser.add_argument("--workflow", metavar="NAME", help="choose among live runs sharing ID")
+    parser.add_argument(
+        "--payload", metavar="JSON", help="a JSON object stored as the resumed step's updates"
+    )
+    parser.add_argument(
+        "--dedup-key",
+        metavar="KEY",
+        dest="dedup_key",
+        help="idempotency key: a key already recorded for the run makes this a no-op",
+    )
     parser.add_argument(
         "--wait",
         metavar="SECONDS",
         type=_seconds,
-        default=30.0,
-        help="how long to run the resumed run before returning (default: 30; 0: return "
-        "once the resume is recorded)",
+        default=5.0,
+        help="how long to watch for an engine applying it (default: 5; 0: return once "
+        "the resume is recorded)",
     )
     _workflow_module_option(parser)
 
@@ -194,14 +201,21 @@ def configure_cancel_parser(
         parents=[storage],
         help="cancel a live run",
         description=(
-            "Mark the live run of ID cancelled; it never runs another step and its timers "
-            "are dropped. No step runs in this command. On SQLite one engine at a time "
-            "runs a database: while an application engine has it open the command is "
-            "refused (cancel through that application instead)."
+            "Cancel the live run of ID: it never runs another step and its timers are "
+            "dropped. The command records a cancel request; the engine that owns the run "
+            "applies it at once (interrupting its steps), and a run no engine owns is "
+            "cancelled here with one write. No step runs in this command."
         ),
     )
     parser.add_argument("id", metavar="ID")
     parser.add_argument("--workflow", metavar="NAME", help="choose among live runs sharing ID")
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=10.0,
+        help="how long to wait for the owning engine to apply it (default: 10)",
+    )
     _workflow_module_option(parser)
 
 

@@ -36,7 +36,14 @@ class EngineLike(Protocol):
     ) -> str: ...
 
     async def resume(
-        self, id: str, event: str, step: str | None = None, *, workflow: str | None = None
+        self,
+        id: str,
+        event: str,
+        payload: Mapping[str, Any] | None = None,
+        *,
+        step: str | None = None,
+        workflow: str | None = None,
+        dedup_key: str | None = None,
     ) -> None: ...
 
     async def get(self, id: str, *, workflow: str | None = None) -> Instance: ...
@@ -123,12 +130,21 @@ class FacadeMixin:
         cls,
         value: str,
         event: str,
+        payload: Mapping[str, Any] | None = None,
         *,
         step: str | None = None,
+        dedup_key: str | None = None,
         engine: EngineLike | None = None,
     ) -> None:
-        """Cast ``event`` to the live run of ``value``; see ``Engine.resume``."""
-        await _engine(engine).resume(cls.id_for(value), event, step, workflow=cls.name)  # type: ignore[attr-defined]
+        """Record ``event`` (and ``payload``) for the live run of ``value``; see ``Engine.resume``."""
+        await _engine(engine).resume(
+            cls.id_for(value),
+            event,
+            payload,
+            step=step,
+            workflow=cls.name,  # type: ignore[attr-defined]
+            dedup_key=dedup_key,
+        )
 
     @classmethod
     async def get(cls, value: str, *, engine: EngineLike | None = None) -> Instance:

@@ -151,7 +151,9 @@ class Incarnation:
                 self.nursery = nursery
                 if self.state.status is Status.PENDING:
                     started = trio.current_time()
-                    await self.commit(pure.advance(self.state, workflow=self.workflow, at=self.now()))
+                    await self.commit(
+                        pure.advance(self.state, workflow=self.workflow, at=self.now())
+                    )
                     self.emit("engine.advance", {"duration": trio.current_time() - started})
                 while True:
                     await self._apply_wakeups()
@@ -242,7 +244,9 @@ class Incarnation:
         await self.commit(decision.instance, add_timers=decision.timers)
         measurements = {"duration": message.duration, "attempt": float(message.attempt)}
         if decision.outcome == "completed":
-            self.emit("engine.advance", {"duration": trio.current_time() - started}, step=message.step)
+            self.emit(
+                "engine.advance", {"duration": trio.current_time() - started}, step=message.step
+            )
             self.emit("step.stop", measurements, step=message.step, event=decision.event)
         elif decision.outcome == "parked":
             after = None
@@ -279,7 +283,7 @@ class Incarnation:
                     break  # the state changed: re-examine from the oldest
 
     async def _apply(self, wakeup: Wakeup) -> bool:
-        """Apply or drop one wakeup; ``False`` when it must wait (an early resume, a future timer)."""
+        """Apply or drop one wakeup; ``False`` when it must wait (early resume, future timer)."""
         assert self.workflow is not None
         inst, at = self.state, self.now()
         if wakeup.kind is WakeupKind.CANCEL:
@@ -293,9 +297,8 @@ class Incarnation:
         if wakeup.kind is WakeupKind.TIMER and wakeup.due_at > at:
             return False
         if wakeup.step not in inst.waiting_steps:
-            if (
-                wakeup.kind is WakeupKind.RESUME
-                and wakeup.step in decide.can_still_run(inst, self.workflow.definition())
+            if wakeup.kind is WakeupKind.RESUME and wakeup.step in decide.can_still_run(
+                inst, self.workflow.definition()
             ):
                 return False  # recorded before its step parked: applied when it does
             await self.commit(inst, consume=[wakeup.seq])

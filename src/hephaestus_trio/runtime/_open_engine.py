@@ -24,7 +24,7 @@ import os
 import random
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, final
@@ -57,6 +57,7 @@ from ..storage._protocol import (
     NewWakeup,
     Storage,
     UniqueViolation,
+    Wakeup,
     WakeupKind,
     WakeupRefused,
     WorkflowKey,
@@ -349,7 +350,7 @@ class Engine:
             check_json_safe(payload, "payload")
         await resume_run(
             self.storage,
-            self._workflows,
+            self.workflow_for,
             id,
             event,
             payload,
@@ -565,7 +566,7 @@ class Engine:
 
 async def resume_run(
     storage: Storage,
-    workflows: Mapping[str, type[Workflow]],
+    workflow_for: Callable[[Instance], type[Workflow]],
     id: str,
     event: str,
     payload: Mapping[str, Any] | None,
@@ -577,10 +578,11 @@ async def resume_run(
     max_pending: int | None,
     matches: Any = None,
     poke: Any = None,
-) -> bool:
-    """Validate a resume against the stored run and record it; ``False`` if deduplicated.
+) -> Wakeup | None:
+    """Validate a resume against the stored run and record it; ``None`` if deduplicated.
 
-    Shared by ``Engine.resume`` and the command line (which has no engine).
+    Shared by ``Engine.resume`` and the command line (which has no engine);
+    ``workflow_for`` finds the run's workflow class (or raises).
     """
     runs = [
         i
@@ -594,21 +596,16 @@ async def resume_run(
         raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
     if not live:
         if dedup_key is not None and await storage.seen_dedup_key(runs[-1].run_id, dedup_key):
-            return False
+            return None
         raise InvalidResume(id, event, f"the instance is {runs[-1].status.value}")
     run = live[0]
-    wf = workflows.get(run.workflow)
-    if wf is None or wf.is_dispatcher():
-        raise UnknownWorkflow(
-            f"run {run.id!r} uses workflow {run.workflow!r} version {run.workflow_version}, "
-            "which is not known here; pass it in open_engine(workflows=[...])"
-        )
+    wf = workflow_for(run)
     pending = {w.step for w in await storage.wakeups(run.run_id) if w.kind is WakeupKind.RESUME}
     try:
         chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
     except InvalidResume:
         if dedup_key is not None and await storage.seen_dedup_key(run.run_id, dedup_key):
-            return False
+            return None
         raise
     try:
         added = await storage.add_wakeup(
@@ -632,11 +629,9 @@ async def resume_run(
                 id, event, f"step {chosen!r} already has a pending resume"
             ) from None
         raise InvalidResume(id, event, f"the instance is {exc.status}") from None
-    if added is None:
-        return False
-    if poke is not None:
+    if added is not None and poke is not None:
         poke(run.run_id)
-    return True
+    return added
 
 
 async def request_cancel(storage: Storage, run: Instance, *, now: datetime) -> None:

@@ -92,21 +92,28 @@ async def claim_loop(engine: Engine) -> None:
             await trio.sleep(_RETRY_DELAY)
             continue
         deadline = engine.clock.deadline(wake) if wake is not None else math.inf
-        doorbell = engine._claim_doorbell
         with trio.move_on_at(deadline):
-            async with trio.open_nursery() as nursery:
+            seen = await _until_change(engine, seen)
 
-                async def on_change() -> None:
-                    nonlocal seen
-                    seen = await engine.storage.wait_for_change(seen)
-                    nursery.cancel_scope.cancel()
 
-                async def on_doorbell() -> None:
-                    await doorbell.wait()
-                    nursery.cancel_scope.cancel()
+async def _until_change(engine: Engine, seen: int) -> int:
+    """Return once the storage reports a change or the local doorbell rings."""
+    doorbell = engine._claim_doorbell
+    result = seen
+    async with trio.open_nursery() as nursery:
 
-                nursery.start_soon(on_change)
-                nursery.start_soon(on_doorbell)
+        async def on_change() -> None:
+            nonlocal result
+            result = await engine.storage.wait_for_change(seen)
+            nursery.cancel_scope.cancel()
+
+        async def on_doorbell() -> None:
+            await doorbell.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_change)
+        nursery.start_soon(on_doorbell)
+    return result
 
 
 async def renew_loop(engine: Engine) -> None:
