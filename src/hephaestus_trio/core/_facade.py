@@ -136,7 +136,10 @@ class FacadeMixin:
         dedup_key: str | None = None,
         engine: EngineLike | None = None,
     ) -> None:
-        """Record ``event`` (and ``payload``) for the live run of ``value``; see ``Engine.resume``."""
+        """Record ``event`` (and ``payload``) for the live run of ``value``.
+
+        See ``Engine.resume``.
+        """
         await _engine(engine).resume(
             cls.id_for(value),
             event,
