@@ -16,6 +16,7 @@ from ._errors import HephaestusError as HephaestusError
 from ._errors import InstanceNotFound as InstanceNotFound
 from ._errors import InstanceRestarted as InstanceRestarted
 from ._errors import InvalidResume as InvalidResume
+from ._errors import LeaseLost as LeaseLost
 from ._errors import NotCancellable as NotCancellable
 from ._errors import StorageError as StorageError
 from ._errors import UndeclaredEvent as UndeclaredEvent
@@ -78,6 +79,7 @@ __all__ = [
     "InstanceNotFound",
     "InstanceRestarted",
     "InvalidResume",
+    "LeaseLost",
     "LoggingHandler",
     "MemoryStorage",
     "NotCancellable",
