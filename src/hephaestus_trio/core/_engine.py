@@ -20,7 +20,7 @@ private status and stamping helpers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -124,9 +124,13 @@ def complete_step(
     *,
     at: datetime | None = None,
     attempt: int = 1,
+    wakeup: int | None = None,
     workflow: type[Workflow] | None = None,
 ) -> Instance:
     """Record that active ``step`` finished with ``event``; does not activate transitions.
+
+    ``attempt`` and ``wakeup`` (the ``seq`` of the resume or timer wakeup
+    whose delivery completed the step) are stored in the history entry.
 
     Raises:
         StepNotActive: the step is not active (or the run is terminal).
@@ -156,6 +160,7 @@ def complete_step(
         timestamp=at or inst.updated_at,
         context_updates=updates,
         attempt=attempt,
+        wakeup=wakeup,
     )
     configs = {k: v for k, v in inst.step_configs.items() if k != step}
     active = inst.active_steps - {step}
@@ -265,8 +270,13 @@ def activate_transitions(
     )
 
 
-def ready_steps(inst: Instance, definition: Definition) -> frozenset[str]:
-    """Steps that may activate now under the join rule (see the module docstring)."""
+def _dead_checker(inst: Instance, definition: Definition) -> Callable[[str], bool]:
+    """A memoized ``is_dead(step_key)`` under the join rule (see the module docstring).
+
+    The start step and completed or active steps are never dead. Shared by
+    ``ready_steps`` and the decision functions' ``can_still_run``, so the two
+    can never disagree on which branches are dead.
+    """
     dead: dict[str, bool] = {}
 
     def is_dead(key: str) -> bool:
@@ -281,6 +291,13 @@ def ready_steps(inst: Instance, definition: Definition) -> frozenset[str]:
         if pred in inst.completed_steps:
             return (pred, key) not in inst.taken_edges
         return is_dead(pred)
+
+    return is_dead
+
+
+def ready_steps(inst: Instance, definition: Definition) -> frozenset[str]:
+    """Steps that may activate now under the join rule (see the module docstring)."""
+    is_dead = _dead_checker(inst, definition)
 
     def edge_decided(pred: str, key: str) -> bool:
         return pred in inst.completed_steps or is_dead(pred)

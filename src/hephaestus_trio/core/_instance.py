@@ -123,9 +123,12 @@ class ErrorRecord:
 
     kind: str
     """``failure`` (a step returned ``Fail``), ``crash`` (exceptions past the retry
-    budget), ``timeout`` (attempts timed out past the budget), ``restart_limit``
-    (the instance task crashed past its restart intensity) or ``definition``
-    (a route or the workflow definition misbehaved at run time)."""
+    budget, or a deterministic error applying a result), ``timeout`` (attempts
+    timed out past the budget), ``undeclared_event`` (a step emitted, or was
+    resumed with, an event it does not declare), ``restart_limit`` (the
+    instance task crashed past its restart intensity), ``definition`` (a route
+    or the workflow definition misbehaved at run time) or ``stalled`` (nothing
+    active and ``Done`` never completed)."""
     message: str
     """The failure reason or the exception message."""
     step: str | None = None
@@ -135,10 +138,35 @@ class ErrorRecord:
     attempt: int | None = None
     """The last attempt made, for step crashes."""
 
+    @classmethod
+    def from_exception(
+        cls, kind: str, step: str | None, exc: BaseException, attempt: int | None = None
+    ) -> ErrorRecord:
+        """The record of a failure caused by ``exc``.
+
+        ``message`` is ``str(exc)`` (``repr(exc)`` when that is empty) and
+        ``exception_type`` its class's qualified name: the bare name for
+        builtins (``KeyError``), ``module.QualName`` otherwise.
+        """
+        return cls(
+            kind=kind,
+            message=str(exc) or repr(exc),
+            step=step,
+            exception_type=_qualified_name(type(exc)),
+            attempt=attempt,
+        )
+
     def __str__(self) -> str:
         where = f" in step {self.step!r}" if self.step else ""
         exc = f" ({self.exception_type})" if self.exception_type else ""
         return f"{self.kind}{where}: {self.message}{exc}"
+
+
+def _qualified_name(cls: type) -> str:
+    """``cls.__qualname__`` for builtins, else ``module.qualname``."""
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _frozen_strs(value: Any) -> frozenset[str]:

@@ -2,8 +2,9 @@
 
 An ``OutcomeScript`` says, for every step of a workflow, what the step does
 when it runs: complete with an event, park and later be resumed with one, or
-fail. ``run_script`` plays it against the pure engine functions, the way the
-running engine would, and returns every instance it reached. It needs no
+fail. ``run_script`` plays it through the decision functions the running
+engine uses (``apply_result``, ``apply_resume``), and returns every instance
+it reached. It needs no
 Hypothesis: ``outcome_scripts()`` (in ``_strategies``) only generates scripts.
 """
 
@@ -15,15 +16,8 @@ from typing import Any
 
 import attrs
 
-from ..core._engine import (
-    activate_transitions,
-    advance,
-    check_completion,
-    complete_step,
-    fail,
-    park,
-    resume_step,
-)
+from ..core._decisions import apply_result, apply_resume
+from ..core._engine import advance
 from ..core._instance import Instance
 from ..core._step import Complete, Fail, Suspend
 from ..core._workflow import Workflow
@@ -98,10 +92,11 @@ def run_script(
     instance: Instance | None = None,
     max_moves: int | None = None,
 ) -> tuple[Instance, ...]:
-    """Play ``script`` on ``workflow`` with the pure engine functions.
+    """Play ``script`` on ``workflow`` with the pure decision functions.
 
     Starts from ``instance`` (default: a fresh pending run), applies one move at
-    a time (start, complete, park, resume or fail a step) and returns the
+    a time (start, complete, park, resume or fail a step, through ``advance``,
+    ``apply_result`` and ``apply_resume``, as the running engine does) and returns the
     instance after every move, the first one included. It stops when the run is
     terminal or after ``max_moves`` moves (default: twice the number of steps
     plus one, which a valid workflow never needs).
@@ -131,17 +126,19 @@ def run_script(
         outcome = script.outcomes[key]
         if key in inst.waiting_steps:
             offered = outcome.resume_with or outcome.event
-            inst = resume_step(inst, key, offered, at=at(), workflow=workflow)
-        elif outcome.fail:
-            inst = fail(inst, f"step {key} fails by script", step=key, at=at())
-        elif outcome.suspend:
-            inst = park(inst, key, at=at())
+            decision = apply_resume(inst, key, offered, at=at(), workflow=workflow)
         else:
-            # Generated steps record their event; the real Done records nothing.
-            terminal = definition.steps[key].terminal
-            updates = None if terminal else {"event": outcome.event}
-            inst = complete_step(inst, key, outcome.event, updates, at=at(), workflow=workflow)
-            inst = activate_transitions(inst, key, outcome.event, at=at(), workflow=workflow)
-            inst = check_completion(inst, workflow=workflow, at=at())
+            result: Complete | Suspend | Fail
+            if outcome.fail:
+                result = Fail(f"step {key} fails by script")
+            elif outcome.suspend:
+                result = Suspend()
+            else:
+                # Generated steps record their event; the real Done records nothing.
+                terminal = definition.steps[key].terminal
+                updates = None if terminal else {"event": outcome.event}
+                result = Complete(outcome.event, updates)
+            decision = apply_result(inst, key, result, attempt=1, at=at(), workflow=workflow)
+        inst = decision.instance
         trace.append(inst)
     return tuple(trace)
