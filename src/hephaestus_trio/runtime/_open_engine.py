@@ -600,7 +600,11 @@ async def resume_run(
         raise InvalidResume(id, event, f"the instance is {runs[-1].status.value}")
     run = live[0]
     wf = workflow_for(run)
-    pending = {w.step for w in await storage.wakeups(run.run_id) if w.kind is WakeupKind.RESUME}
+    pending = {
+        w.step
+        for w in await storage.wakeups(run.run_id)
+        if w.kind is WakeupKind.RESUME and w.step is not None
+    }
     try:
         chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
     except InvalidResume:
