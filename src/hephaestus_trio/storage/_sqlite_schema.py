@@ -37,7 +37,15 @@ APPLICATION_ID = int.from_bytes(b"HEPH", "big")
 """Marks the file as a hephaestus-trio database (``PRAGMA application_id``)."""
 
 _HEADER = b"SQLite format 3\x00"
-_OUR_TABLES = frozenset({"hephaestus_runs", "hephaestus_resumes"})
+# The tables each schema version has: a file marked as ours that lacks them is damaged.
+_OUR_TABLES = {
+    1: frozenset({"hephaestus_runs", "hephaestus_resumes"}),
+    2: frozenset(
+        {"hephaestus_runs", "hephaestus_wakeups", "hephaestus_resume_dedup", "hephaestus_engines"}
+    ),
+}
+# UPDATE ... RETURNING (claim, renew) needs SQLite 3.35.
+MIN_SQLITE = (3, 35, 0)
 
 
 def split_statements(script: str) -> list[str]:
@@ -123,7 +131,8 @@ def inspect(conn: sqlite3.Connection, path: str) -> int:
             f"its schema version {version} is newer than this release supports "
             f"({SCHEMA_VERSION}); upgrade hephaestus-trio",
         )
-    if version < 1 or not _OUR_TABLES <= names:
+    expected = _OUR_TABLES.get(version, _OUR_TABLES[max(_OUR_TABLES)])
+    if version < 1 or not expected <= names:
         raise _refuse(
             path,
             f"it is marked as hephaestus-trio but its schema is damaged "
@@ -138,6 +147,11 @@ def prepare(conn: sqlite3.Connection, path: str) -> None:
     Raises:
         StorageError: see ``inspect``; also when WAL mode cannot be enabled.
     """
+    if sqlite3.sqlite_version_info < MIN_SQLITE:
+        raise StorageError(
+            f"SQLite storage {path!r}: SQLite {sqlite3.sqlite_version} is too old; "
+            f"hephaestus-trio needs {'.'.join(map(str, MIN_SQLITE))} or newer"
+        )
     version = inspect(conn, path)
     mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if str(mode).lower() != "wal":

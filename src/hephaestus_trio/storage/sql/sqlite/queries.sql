@@ -2,24 +2,40 @@
 -- followed by one description line; storage/_queries.py loads them once.
 -- Parameters are named (:param) so the Python side never builds SQL text,
 -- except the WHERE clause of select_runs, which only joins fixed fragments.
+-- Collections travel as one JSON array parameter, read with json_each.
+-- "Live" is always spelled status IN ('pending', 'running', 'waiting'), the
+-- WHERE of the partial indexes, so that the planner can use them.
 
--- upsert_run --
--- Insert or replace one run. ON CONFLICT names run_id only, so a clash on the
--- live unique_key index still raises (never REPLACE, which would delete the holder).
+-- run_exists --
+-- Whether a run_id is taken (create refuses a duplicate).
+SELECT 1 FROM hephaestus_runs WHERE run_id = :run_id;
+
+-- insert_run --
+-- Insert a new run. A clash on the live unique_key index raises IntegrityError.
 INSERT INTO hephaestus_runs
-    (run_id, id, workflow, workflow_version, status, unique_key, created_at, updated_at, instance)
+    (run_id, id, workflow, workflow_version, status, unique_key, created_at, updated_at, instance,
+     owner, lease_epoch, lease_expires_at, wake_at)
 VALUES
     (:run_id, :id, :workflow, :workflow_version, :status, :unique_key, :created_at, :updated_at,
-     :instance)
-ON CONFLICT (run_id) DO UPDATE SET
-    id = excluded.id,
-    workflow = excluded.workflow,
-    workflow_version = excluded.workflow_version,
-    status = excluded.status,
-    unique_key = excluded.unique_key,
-    created_at = excluded.created_at,
-    updated_at = excluded.updated_at,
-    instance = excluded.instance;
+     :instance, :owner, :lease_epoch, :lease_expires_at, :now);
+
+-- write_run --
+-- The fenced write: replace a live run's state only under the stored lease.
+-- A terminal state ends the lease and stops the run needing a driver.
+UPDATE hephaestus_runs SET
+    id = :id,
+    workflow = :workflow,
+    workflow_version = :workflow_version,
+    status = :status,
+    unique_key = :unique_key,
+    created_at = :created_at,
+    updated_at = :updated_at,
+    instance = :instance,
+    owner = CASE WHEN :terminal THEN NULL ELSE owner END,
+    lease_expires_at = CASE WHEN :terminal THEN NULL ELSE lease_expires_at END,
+    wake_at = CASE WHEN :terminal THEN NULL ELSE :now END
+WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
+    AND status IN ('pending', 'running', 'waiting');
 
 -- live_holder --
 -- The live run holding a unique key (to report a UniqueViolation).
@@ -32,42 +48,47 @@ LIMIT 1;
 SELECT instance FROM hephaestus_runs WHERE run_id = :run_id;
 
 -- select_runs --
--- Runs' JSON documents; the caller appends WHERE and the ORDER BY below.
-SELECT instance FROM hephaestus_runs
+-- Runs' ids and JSON documents; the caller appends WHERE and the ORDER BY below.
+SELECT run_id, instance FROM hephaestus_runs
 
 -- order_runs --
 -- The one order query() returns.
 ORDER BY created_at, run_id
 
+-- timers_of_run --
+-- One run's pending timer wakeups, in seq order (what Instance.timers reads as).
+SELECT step, event, due_at FROM hephaestus_wakeups
+WHERE run_id = :run_id AND kind = 'timer'
+ORDER BY seq;
+
+-- timers_of_runs --
+-- The pending timer wakeups of a JSON array of run_ids, in seq order.
+SELECT run_id, step, event, due_at FROM hephaestus_wakeups
+WHERE kind = 'timer' AND run_id IN (SELECT value FROM json_each(:run_ids))
+ORDER BY seq;
+
 -- delete_run --
 -- Remove one run.
 DELETE FROM hephaestus_runs WHERE run_id = :run_id;
 
--- delete_run_resumes --
--- Remove every pending resume of one run.
-DELETE FROM hephaestus_resumes WHERE run_id = :run_id;
+-- delete_run_wakeups --
+-- Remove every pending wakeup of one run.
+DELETE FROM hephaestus_wakeups WHERE run_id = :run_id;
 
--- insert_resume --
--- Record an accepted resume; seq comes from AUTOINCREMENT (cursor.lastrowid).
-INSERT INTO hephaestus_resumes (run_id, step, event, accepted_at)
-VALUES (:run_id, :step, :event, :accepted_at);
+-- delete_run_dedup --
+-- Forget the resume dedup keys of one run.
+DELETE FROM hephaestus_resume_dedup WHERE run_id = :run_id;
 
--- delete_resume --
--- Drop one resume record (consumed by a put, or refused after recording).
-DELETE FROM hephaestus_resumes WHERE seq = :seq;
+-- purge_wakeups --
+-- Wakeups of the runs purge_runs is about to delete (same WHERE).
+DELETE FROM hephaestus_wakeups WHERE run_id IN (
+    SELECT run_id FROM hephaestus_runs
+    WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < :older_than
+);
 
--- pending_resumes --
--- Every pending resume, in seq order.
-SELECT seq, run_id, step, event, accepted_at FROM hephaestus_resumes ORDER BY seq;
-
--- pending_resumes_of_run --
--- One run's pending resumes, in seq order.
-SELECT seq, run_id, step, event, accepted_at FROM hephaestus_resumes
-WHERE run_id = :run_id ORDER BY seq;
-
--- purge_resumes --
--- Resumes of the runs purge_runs is about to delete (same WHERE).
-DELETE FROM hephaestus_resumes WHERE run_id IN (
+-- purge_dedup --
+-- Dedup keys of the runs purge_runs is about to delete (same WHERE).
+DELETE FROM hephaestus_resume_dedup WHERE run_id IN (
     SELECT run_id FROM hephaestus_runs
     WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < :older_than
 );
@@ -76,3 +97,148 @@ DELETE FROM hephaestus_resumes WHERE run_id IN (
 -- Terminal runs last updated before a cutoff (uses the partial terminal index).
 DELETE FROM hephaestus_runs
 WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < :older_than;
+
+-- claim --
+-- Lease up to :limit runs that need a driver and are free, earliest wake first.
+-- :workflows is a JSON array of [name, version] pairs, or NULL for any;
+-- :run_ids a JSON array of run_ids, or NULL for any.
+UPDATE hephaestus_runs SET
+    owner = :owner,
+    lease_epoch = lease_epoch + 1,
+    lease_expires_at = :expires_at
+WHERE run_id IN (
+    SELECT run_id FROM hephaestus_runs
+    WHERE status IN ('pending', 'running', 'waiting')
+        AND wake_at IS NOT NULL AND wake_at <= :now
+        AND (owner IS NULL OR lease_expires_at <= :now)
+        AND (:workflows IS NULL OR (workflow, workflow_version) IN (
+            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+            FROM json_each(:workflows)))
+        AND (:run_ids IS NULL OR run_id IN (SELECT value FROM json_each(:run_ids)))
+    ORDER BY wake_at, created_at, run_id
+    LIMIT :limit
+)
+RETURNING run_id, lease_epoch, lease_expires_at, wake_at, created_at;
+
+-- renew --
+-- Extend the leases still held exactly as given (:leases: JSON [[run_id, epoch], ...]).
+UPDATE hephaestus_runs SET lease_expires_at = :expires_at
+WHERE owner = :owner AND status IN ('pending', 'running', 'waiting')
+    AND (run_id, lease_epoch) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+        FROM json_each(:leases))
+RETURNING run_id, lease_epoch, lease_expires_at;
+
+-- wakeup_above --
+-- Whether a run got a wakeup the owner has not read (seq above :seen).
+SELECT EXISTS (SELECT 1 FROM hephaestus_wakeups WHERE run_id = :run_id AND seq > :seen);
+
+-- release --
+-- The fenced release: end the lease and record when the run next needs a driver.
+UPDATE hephaestus_runs SET owner = NULL, lease_expires_at = NULL, wake_at = :wake_at
+WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
+    AND status IN ('pending', 'running', 'waiting');
+
+-- release_all --
+-- Clean shutdown: every live run of an owner becomes claimable at once.
+UPDATE hephaestus_runs SET owner = NULL, lease_expires_at = NULL, wake_at = :now
+WHERE owner = :owner AND status IN ('pending', 'running', 'waiting');
+
+-- next_wake --
+-- Earliest time a live run not held by :owner may become claimable (NULL: none).
+SELECT MIN(CASE WHEN owner IS NULL THEN wake_at ELSE MAX(wake_at, lease_expires_at) END)
+FROM hephaestus_runs
+WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL
+    AND (owner IS NULL OR owner != :owner)
+    AND (:workflows IS NULL OR (workflow, workflow_version) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+        FROM json_each(:workflows)));
+
+-- expire_owner --
+-- A dead engine's leases lapse now, so its live runs are claimable at once.
+UPDATE hephaestus_runs SET lease_expires_at = :now
+WHERE owner = :owner AND status IN ('pending', 'running', 'waiting');
+
+-- run_status --
+-- The status of one run (add_wakeup refuses a missing or terminal run).
+SELECT status FROM hephaestus_runs WHERE run_id = :run_id;
+
+-- dedup_seen --
+-- Whether a resume dedup key was already recorded for the run.
+SELECT 1 FROM hephaestus_resume_dedup WHERE run_id = :run_id AND dedup_key = :dedup_key;
+
+-- record_dedup --
+-- Remember a resume dedup key until the run is deleted.
+INSERT INTO hephaestus_resume_dedup (run_id, dedup_key) VALUES (:run_id, :dedup_key);
+
+-- pending_resume --
+-- Whether the step already has an unapplied resume.
+SELECT 1 FROM hephaestus_wakeups WHERE run_id = :run_id AND kind = 'resume' AND step = :step;
+
+-- pending_cancel --
+-- Whether the run already has an unapplied cancel request.
+SELECT 1 FROM hephaestus_wakeups WHERE run_id = :run_id AND kind = 'cancel';
+
+-- count_resumes --
+-- How many unapplied resumes the run has.
+SELECT COUNT(*) FROM hephaestus_wakeups WHERE run_id = :run_id AND kind = 'resume';
+
+-- insert_wakeup --
+-- Record one wakeup; seq comes from AUTOINCREMENT (cursor.lastrowid).
+INSERT INTO hephaestus_wakeups (run_id, kind, step, event, payload, dedup_key, due_at, created_at)
+VALUES (:run_id, :kind, :step, :event, :payload, :dedup_key, :due_at, :created_at);
+
+-- wake_by --
+-- The run needs a driver no later than :due_at.
+UPDATE hephaestus_runs
+SET wake_at = CASE WHEN wake_at IS NULL OR wake_at > :due_at THEN :due_at ELSE wake_at END
+WHERE run_id = :run_id;
+
+-- consume_wakeup --
+-- Delete one applied wakeup of the run (rowcount 0: it is gone).
+DELETE FROM hephaestus_wakeups WHERE seq = :seq AND run_id = :run_id;
+
+-- drop_stale_timers --
+-- Delete the timer wakeups of steps no longer parked (:waiting: JSON array of step keys).
+DELETE FROM hephaestus_wakeups
+WHERE run_id = :run_id AND kind = 'timer'
+    AND step NOT IN (SELECT value FROM json_each(:waiting));
+
+-- cancel_timer --
+-- Delete one pending timer wakeup (rowcount 0: already applied or dropped).
+DELETE FROM hephaestus_wakeups WHERE seq = :seq AND run_id = :run_id AND kind = 'timer';
+
+-- wakeups_of_run --
+-- One run's unapplied wakeups, in seq order.
+SELECT seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at
+FROM hephaestus_wakeups WHERE run_id = :run_id ORDER BY seq;
+
+-- owned_wakeups --
+-- (run_id, highest seq) of the runs :owner holds that have wakeups above :after.
+SELECT w.run_id, MAX(w.seq) FROM hephaestus_wakeups AS w
+JOIN hephaestus_runs AS r ON r.run_id = w.run_id
+WHERE r.owner = :owner AND w.seq > :after
+GROUP BY w.run_id
+ORDER BY w.run_id;
+
+-- register_engine --
+-- Record a running engine (its proof of life is its lock file, not this row).
+INSERT INTO hephaestus_engines (engine_id, host, pid, started_at, info)
+VALUES (:engine_id, :host, :pid, :started_at, :info)
+ON CONFLICT (engine_id) DO UPDATE SET
+    host = excluded.host,
+    pid = excluded.pid,
+    started_at = excluded.started_at,
+    info = excluded.info;
+
+-- unregister_engine --
+-- Forget an engine.
+DELETE FROM hephaestus_engines WHERE engine_id = :engine_id;
+
+-- engine_ids --
+-- Every registered engine.
+SELECT engine_id FROM hephaestus_engines ORDER BY engine_id;
+
+-- data_version --
+-- Moves whenever another connection, of this process or another, committed.
+PRAGMA data_version;

@@ -9,8 +9,16 @@
 -- Datetimes are ISO-8601 UTC text of fixed width (YYYY-MM-DDTHH:MM:SS.ffffffZ)
 -- so that text order is time order.
 
--- One row per run. The JSON document is the source of truth; the other
--- columns copy the fields that queries, uniqueness and purge look at.
+-- One row per run. The JSON document is the source of truth for the run's
+-- state (stored with an empty "timers": the run's timers are its timer rows
+-- in hephaestus_wakeups); the other columns copy the fields that queries,
+-- uniqueness and purge look at, and hold the run's lease:
+--   owner, lease_epoch, lease_expires_at: the engine holding the run, the
+--     fencing token every claim bumps, and when the lease lapses (owner NULL:
+--     unowned; a terminal run is never owned);
+--   wake_at: when the run next needs a driver (NULL: only a wakeup can wake
+--     it). claim takes live runs with wake_at <= now that are unowned or
+--     whose lease expired.
 CREATE TABLE hephaestus_runs (
     run_id TEXT NOT NULL PRIMARY KEY,
     id TEXT NOT NULL,
@@ -21,7 +29,11 @@ CREATE TABLE hephaestus_runs (
     unique_key TEXT,
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
-    instance TEXT NOT NULL
+    instance TEXT NOT NULL,
+    owner TEXT,
+    lease_epoch INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at TEXT,
+    wake_at TEXT
 );
 
 -- Uniqueness among live runs only: a completed, failed or cancelled run drops
@@ -43,14 +55,55 @@ CREATE INDEX hephaestus_runs_terminal_updated_idx
     ON hephaestus_runs (updated_at)
     WHERE status IN ('completed', 'failed', 'cancelled');
 
--- Accepted, not yet applied resumes. AUTOINCREMENT: a seq is never reused,
--- even after the newest record is deleted.
-CREATE TABLE hephaestus_resumes (
+-- claim() and next_wake(): live runs that will need a driver, by due time.
+CREATE INDEX hephaestus_runs_wake_idx
+    ON hephaestus_runs (wake_at, created_at, run_id)
+    WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL;
+
+-- release_all(), owned_wakeups() and reap_engines(): the runs an engine holds.
+CREATE INDEX hephaestus_runs_owner_idx ON hephaestus_runs (owner) WHERE owner IS NOT NULL;
+
+-- Recorded, not yet applied wakeups (resumes, timers, cancel requests) of
+-- live runs. AUTOINCREMENT: a seq is never reused, even after the newest row
+-- is deleted, and one counter orders the wakeups of the whole database.
+-- payload is JSON text (or NULL).
+CREATE TABLE hephaestus_wakeups (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
-    step TEXT NOT NULL,
-    event TEXT NOT NULL,
-    accepted_at TEXT NOT NULL
+    kind TEXT NOT NULL CHECK (kind IN ('resume', 'timer', 'cancel')),
+    step TEXT,
+    event TEXT,
+    payload TEXT,
+    dedup_key TEXT,
+    due_at TEXT NOT NULL,
+    created_at TEXT NOT NULL
 );
 
-CREATE INDEX hephaestus_resumes_run_idx ON hephaestus_resumes (run_id, seq);
+-- wakeups(), and every "the wakeups of this run" statement.
+CREATE INDEX hephaestus_wakeups_run_idx ON hephaestus_wakeups (run_id, seq);
+
+-- At most one unapplied resume per parked step, and one cancel request per run.
+CREATE UNIQUE INDEX hephaestus_wakeups_resume_step_idx
+    ON hephaestus_wakeups (run_id, step)
+    WHERE kind = 'resume';
+CREATE UNIQUE INDEX hephaestus_wakeups_cancel_idx
+    ON hephaestus_wakeups (run_id)
+    WHERE kind = 'cancel';
+
+-- The dedup keys of every resume recorded for a run, kept after the resume
+-- was applied (so a retried resume stays a no-op) until the run is deleted.
+CREATE TABLE hephaestus_resume_dedup (
+    run_id TEXT NOT NULL,
+    dedup_key TEXT NOT NULL,
+    PRIMARY KEY (run_id, dedup_key)
+) WITHOUT ROWID;
+
+-- Engines registered on this database (metadata; proof of life is the lock
+-- file <database>.engines/<engine_id>.lock, see docs/storage.md).
+CREATE TABLE hephaestus_engines (
+    engine_id TEXT NOT NULL PRIMARY KEY,
+    host TEXT,
+    pid INTEGER,
+    started_at TEXT NOT NULL,
+    info TEXT NOT NULL
+);
