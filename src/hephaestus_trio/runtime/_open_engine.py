@@ -24,6 +24,7 @@ import os
 import random
 import socket
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -707,6 +708,27 @@ async def _running(
         nursery.cancel_scope.cancel()
 
 
+_users: weakref.WeakKeyDictionary[Storage, int] = weakref.WeakKeyDictionary()
+"""Engines of this process using each storage object (engines may share one)."""
+
+
+@asynccontextmanager
+async def _opened(store: Storage) -> AsyncIterator[None]:
+    """Open ``store`` for an engine; close it when the last engine using it leaves."""
+    count = _users.get(store, 0)
+    if count == 0:
+        await store.open()
+    _users[store] = count + 1
+    try:
+        yield
+    finally:
+        _users[store] -= 1
+        if _users[store] == 0:
+            del _users[store]
+            with trio.CancelScope(shield=True):
+                await store.close()
+
+
 async def _release(store: Storage, engine: Engine | None) -> None:
     """Clean shutdown: hand every lease back so a peer takes over at once."""
     if engine is None:
@@ -792,7 +814,7 @@ async def open_engine(
     raised_in_block: list[BaseException] = []
     built: list[Engine] = []
     try:
-        async with store:
+        async with _opened(store):
             try:
                 async with trio.open_nursery() as nursery:
                     try:
