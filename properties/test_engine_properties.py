@@ -24,6 +24,7 @@ from hephaestus_trio import (
     Workflow,
     WorkflowDefinitionError,
 )
+from hephaestus_trio.engine import can_still_run, choose_resume_step
 from hephaestus_trio.serialization import dumps, loads
 from hephaestus_trio.steps._wait import wait_seconds
 from hephaestus_trio.testing import (
@@ -109,6 +110,42 @@ def test_every_instance_reached_round_trips(wf: type[Workflow], data: st.DataObj
         text = dumps(inst)
         assert loads(text) == inst
         assert dumps(loads(text)) == text
+
+
+@given(wf=workflows(), data=st.data())
+def test_can_still_run_never_misses_a_step_that_runs_later(
+    wf: type[Workflow], data: st.DataObject
+) -> None:
+    """``can_still_run`` over-approximates the future, and only ever shrinks.
+
+    Every step that is active in, or completes after, a state reached was in
+    that state's ``can_still_run``: an early resume it accepts is never for a
+    step that was already impossible.
+    """
+    definition = wf.definition()
+    trace = play(wf, data)
+    possible = [can_still_run(inst, definition) for inst in trace]
+    for i, inst in enumerate(trace):
+        assert inst.active_steps <= possible[i]
+        assert not (possible[i] & inst.completed_steps)
+        for later in trace[i + 1 :]:
+            ran_later = later.active_steps | (later.completed_steps - inst.completed_steps)
+            assert ran_later <= possible[i]
+        if i:
+            assert possible[i] <= possible[i - 1]
+    assert possible[-1] == frozenset()
+
+
+@given(wf=workflows(), data=st.data())
+def test_a_parked_step_can_be_chosen_for_every_event_it_accepts(
+    wf: type[Workflow], data: st.DataObject
+) -> None:
+    """``choose_resume_step(step=k)`` accepts each declared event of parked ``k``."""
+    definition = wf.definition()
+    for inst in play(wf, data, failures=False):
+        for key in inst.waiting_steps:
+            for event in definition.steps[key].declared_events(inst.step_configs.get(key)):
+                assert choose_resume_step(inst, wf, event, step=key) == key
 
 
 # -- (e) validation ---------------------------------------------------------------------------

@@ -106,6 +106,31 @@ def test_pure_engine_facade_has_the_spec_functions() -> None:
     assert {"dumps", "loads"} <= set(hephaestus_trio.serialization.__all__)
 
 
+DECISIONS = (
+    "Decision",
+    "apply_cancel",
+    "apply_crash",
+    "apply_result",
+    "apply_resume",
+    "apply_timer",
+    "can_still_run",
+    "choose_resume_step",
+    "give_up",
+)
+"""The decision functions the running engine and ``testing.run_script`` share."""
+
+
+def test_pure_engine_facade_has_the_decision_functions() -> None:
+    assert set(DECISIONS) <= set(hephaestus_trio.engine.__all__)
+    assert getattr(hephaestus_trio.engine.Decision, "__final__", False) is True
+
+
+def test_every_pure_engine_name_has_a_docstring() -> None:
+    engine = hephaestus_trio.engine
+    undocumented = [name for name in engine.__all__ if not getattr(engine, name).__doc__]
+    assert undocumented == []
+
+
 def test_every_error_derives_from_hephaestus_error() -> None:
     errors = [
         getattr(hephaestus_trio, name)

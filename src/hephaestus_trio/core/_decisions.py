@@ -354,12 +354,6 @@ def can_still_run(inst: Instance, definition: Definition) -> frozenset[str]:
     )
 
 
-def _accepts(
-    definition: Definition, step: str, config: Mapping[str, Any] | None, event: str
-) -> bool:
-    return definition.steps[step].resume_event(config, event) is not None
-
-
 def choose_resume_step(
     inst: Instance,
     workflow: type[Workflow],
@@ -393,7 +387,7 @@ def choose_resume_step(
         return definition.configs.get(key)
 
     def accepts(key: str) -> bool:
-        return _accepts(definition, key, config_of(key), event)
+        return definition.steps[key].resume_event(config_of(key), event) is not None
 
     def declared(key: str) -> list[str]:
         return list(definition.steps[key].declared_events(config_of(key)))
@@ -404,9 +398,9 @@ def choose_resume_step(
             raise InvalidResume(
                 inst.id,
                 event,
-                f"{definition.name} has no step {step!r} (its steps: {list(definition.steps)})",
+                f"{workflow.__name__} has no step {step!r} (its steps: {list(definition.steps)})",
             )
-        if step not in inst.waiting_steps and step not in possible:
+        if step not in possible:  # parked steps are active, so always possible
             state = "completed" if step in inst.completed_steps else "on a branch not taken"
             raise InvalidResume(inst.id, event, f"step {step!r} cannot still run (it is {state})")
         if not accepts(step):
