@@ -3,7 +3,9 @@
 Every test runs on the autojump clock with engines that share a wall clock
 (``trio_wall_clock``), so leases expire and timers fire in virtual time.
 Engines in one process share one storage object, as two web workers share
-one database.
+one database. Tests with several engines use ``MemoryStorage`` (no real I/O,
+so virtual time is exact); ``test_ownership_sqlite.py`` runs the same
+scenarios on one SQLite file in real time.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class OneStep(Workflow, unique=Unique(key="one")):
 # -- several engines share the work -------------------------------------------------
 
 
-async def test_each_run_is_driven_by_exactly_one_of_two_engines(autojump_clock, storage):
+async def test_each_run_is_driven_by_exactly_one_of_two_engines(autojump_clock):
+    storage = MemoryStorage()
     started: Counter[str] = Counter()
 
     def watch(event: Event) -> None:
@@ -178,7 +181,8 @@ async def test_a_dead_engines_runs_are_taken_over_after_the_lease_expires(autoju
     assert EXECUTIONS[(final.run_id, "slow")] == 2
 
 
-async def test_clean_shutdown_releases_leases_so_a_peer_continues_at_once(autojump_clock, storage):
+async def test_clean_shutdown_releases_leases_so_a_peer_continues_at_once(autojump_clock):
+    storage = MemoryStorage()
     async with open_engine(storage, [SlowFlow], wall_clock=CLOCK) as b:
         async with open_engine(storage, [SlowFlow], wall_clock=CLOCK) as a:
             iid = await a.start_instance(SlowFlow, id="slow::handover")
@@ -235,9 +239,14 @@ async def test_a_frozen_engines_late_write_is_refused_and_history_does_not_inter
         iid = await a.start_instance(SlowFlow, id="slow::frozen")
         await trio.sleep(10)  # slow is running in A
         storage.frozen = a.engine_id
-        await trio.sleep(100)  # A's slow step finishes; its write hangs; B takes over
-        assert b.live_tasks == 1
-        storage.thawed.set()  # A's stale write reaches the storage now
+        try:
+            # A's lease lapses at about 40 s and B takes over; at 61 s A's slow
+            # step finishes and its write hangs.
+            await trio.sleep(60)
+            assert b.live_tasks == 1
+            assert storage.refused == []
+        finally:
+            storage.thawed.set()  # A's stale write reaches the storage now
         final = await b.wait(iid)
         await trio.testing.wait_all_tasks_blocked()
         assert a.live_tasks == 0  # A stopped the run locally: not a crash
@@ -250,7 +259,8 @@ async def test_a_frozen_engines_late_write_is_refused_and_history_does_not_inter
 # -- wakeups from anywhere ---------------------------------------------------------------
 
 
-async def test_a_resume_accepted_by_a_non_owner_is_applied_by_the_owner(autojump_clock, storage):
+async def test_a_resume_accepted_by_a_non_owner_is_applied_by_the_owner(autojump_clock):
+    storage = MemoryStorage()
     async with (
         open_engine(storage, [Parking], wall_clock=CLOCK) as a,
         open_engine(storage, [Parking], wall_clock=CLOCK) as b,
@@ -341,7 +351,8 @@ async def test_cancel_racing_the_last_step_emits_stop_exactly_once(autojump_cloc
         assert final.status in (Status.CANCELLED, Status.COMPLETED)
 
 
-async def test_cancel_through_another_engine_stops_the_owners_running_step(autojump_clock, storage):
+async def test_cancel_through_another_engine_stops_the_owners_running_step(autojump_clock):
+    storage = MemoryStorage()
     async with (
         open_engine(storage, [SlowFlow], wall_clock=CLOCK) as a,
         open_engine(storage, [SlowFlow], wall_clock=CLOCK) as b,

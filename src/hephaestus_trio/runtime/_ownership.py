@@ -127,14 +127,13 @@ async def renew_loop(engine: Engine) -> None:
         entries: list[RunEntry] = list(engine._runs.values())
         sent = {entry.run_id: entry.lease for entry in entries}
         try:
-            with trio.fail_after(max(engine.lease_renewal, 0.001)):
-                renewed = await engine.storage.renew(
-                    engine.engine_id,
-                    list(sent.values()),
-                    now=engine.clock.now(),
-                    ttl=engine.lease_ttl,
-                )
-                dead = await engine.storage.reap_engines(now=engine.clock.now())
+            renewed = await engine.storage.renew(
+                engine.engine_id,
+                list(sent.values()),
+                now=engine.clock.now(),
+                ttl=engine.lease_ttl,
+            )
+            dead = await engine.storage.reap_engines(now=engine.clock.now())
         except Exception as exc:
             window = engine.lease_ttl - engine.lease_renewal
             silent = trio.current_time() - last_ok
