@@ -354,6 +354,15 @@ async def _write_replaces_the_run(new_storage: StorageFactory, *, durable: bool)
         third = attrs.evolve(second, runtime_metadata={"n": 2}, updated_at=_at(2))
         await s.write(lease, third, now=_at(2))
         _eq(await s.get("r1"), third, "get after a second write under the same lease")
+        # Instance.timers as read is the pending timer wakeups, whatever the document says.
+        stray = TimerRecord(step="wait", event="timeout", fire_at=_at(9))
+        fourth = _parked(attrs.evolve(third, timers=(stray,)), "wait", at=_at(3))
+        await s.write(lease, fourth, now=_at(3))
+        _eq(await s.get("r1"), attrs.evolve(fourth, timers=()), "a document's timers are ignored")
+        _eq(await s.wakeups("r1"), [], "no timer wakeup from a document's timers")
+        _eq(await s.create(attrs.evolve(make_run(run_id="r2"), timers=()), now=T0), None, "r2")
+        (found,) = await s.query(status="waiting")
+        _eq(found.timers, (), "query ignores a document's timers too")
 
 
 @_check
@@ -802,6 +811,9 @@ async def _write_cannot_change_the_unique_key(
                 await s.write(
                     lease, attrs.evolve(run, unique_key=key, status=Status.RUNNING), now=_at(1)
                 )
+        with _raises(ValueError, "write of another run_id than the lease's"):
+            await s.write(lease, make_run(run_id="r9"), now=_at(1))
+        _eq(await s.get("r9"), None, "the write of another run_id wrote nothing")
         _eq(await s.get("r1"), run, "a refused write writes nothing")
         with _raises(UniqueViolation, "the original key stays held"):
             await s.create(make_run(run_id="r2", unique_key=KEY), now=T0)
@@ -873,6 +885,32 @@ async def _create_with_owner_holds_a_lease(new_storage: StorageFactory, *, durab
             [Lease(run_id="r1", owner="A", epoch=2, expires_at=_at(15 + TTL))],
             "the same owner reclaims its expired lease, epoch + 1",
         )
+
+
+@_check
+async def _lease_times_are_utc_instants(new_storage: StorageFactory, *, durable: bool) -> None:
+    plus_two = timezone(timedelta(hours=2))
+    local = T0.astimezone(plus_two)  # T0, seen from +02:00
+    async with new_storage() as s:
+        lease = await s.create(make_run(run_id="r1"), now=local, owner="A", ttl=5.0)
+        assert lease is not None
+        _eq(lease.expires_at, _at(5), "expires_at is now + ttl, as an instant")
+        _eq(lease.expires_at.utcoffset(), timedelta(0), "create's lease comes back in UTC")
+        (renewed,) = await s.renew("A", [lease], now=local + timedelta(seconds=1), ttl=5.0)
+        _eq(renewed.expires_at, _at(6), "renewed expires_at")
+        _eq(renewed.expires_at.utcoffset(), timedelta(0), "renew's lease comes back in UTC")
+        _eq(await _claim(s, "B", local + timedelta(seconds=5.999)), [], "still held (offset)")
+        (claimed,) = await _claim(s, "B", local + timedelta(seconds=6))
+        _eq(claimed.expires_at.utcoffset(), timedelta(0), "claim's lease comes back in UTC")
+        await s.release(claimed, now=local, wake_at=local + timedelta(seconds=60), seen=0)
+        wake = await s.next_wake("A", workflows=None)
+        _eq(wake, _at(60), "next_wake is the release's wake_at, as an instant")
+        assert wake is not None
+        _eq(wake.utcoffset(), timedelta(0), "next_wake comes back in UTC")
+        naive = datetime(2030, 1, 1)
+        with _raises(ValueError, "create with a naive now"):
+            await s.create(make_run(run_id="r2"), now=naive)
+        _eq(await s.get("r2"), None, "a refused create writes nothing")
 
 
 @_check
@@ -1049,6 +1087,16 @@ async def _write_after_takeover_is_lease_lost(
                 "LeaseLost names the lost lease",
             )
         _eq(await s.get("r1"), theirs, "the stored state is the new owner's")
+        # The epoch fences the same owner too: A reclaiming after expiry voids A's old lease.
+        mine = await _create_owned(s, make_run(run_id="r2"), "A", now=_at(TTL))
+        (again,) = await _claim(s, "A", _at(2 * TTL), run_ids=["r2"])
+        _eq((again.owner, again.epoch), ("A", 2), "the same owner's reclaim bumps the epoch")
+        with _raises(LeaseLost, "write under the same owner's older epoch"):
+            await s.write(mine, make_run(run_id="r2", status=Status.RUNNING), now=_at(2 * TTL))
+        with _raises(LeaseLost, "release under the same owner's older epoch"):
+            await s.release(mine, now=_at(2 * TTL), wake_at=None, seen=0)
+        _eq(await s.renew("A", [mine], now=_at(2 * TTL), ttl=TTL), [], "renew of the older epoch")
+        _eq(await s.get("r2"), make_run(run_id="r2"), "nothing written under the older epoch")
         forged = attrs.evolve(new, owner="A")
         with _raises(LeaseLost, "write under the right epoch but another owner"):
             await s.write(forged, run, now=_at(TTL + 2))
@@ -1112,6 +1160,17 @@ async def _renew_keeps_live_leases(new_storage: StorageFactory, *, durable: bool
         _eq(_ids(await _claim(s, "C", _at(20 + TTL))), ["r1", "r2"], "until they expire again")
         _eq(await s.renew("A", [b3], now=_at(1), ttl=TTL), [], "renew of another owner's lease")
         _eq(await s.renew("A", [], now=_at(1), ttl=TTL), [], "renew of nothing")
+        (a1,) = await s.renew("C", [attrs.evolve(a1, owner="C", epoch=2)], now=_at(50), ttl=TTL)
+        _eq(
+            await s.renew("X", [a1], now=_at(51), ttl=TTL),
+            [],
+            "renew by an engine that is not the lease's owner",
+        )
+        _eq(
+            _ids(await _claim(s, "D", _at(50 + TTL), run_ids=["r1"])),
+            ["r1"],
+            "that renew did not push expires_at",
+        )
 
 
 @_check
