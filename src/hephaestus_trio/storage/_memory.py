@@ -72,9 +72,7 @@ class _Run:
     """Every resume dedup key ever recorded for the run (until it is deleted)."""
 
     def held_by(self, lease: Lease) -> bool:
-        return (
-            self.doc.status.is_live and self.owner == lease.owner and self.epoch == lease.epoch
-        )
+        return self.doc.status.is_live and self.owner == lease.owner and self.epoch == lease.epoch
 
     def lease(self) -> Lease:
         assert self.owner is not None
@@ -143,9 +141,7 @@ class MemoryStorage:
     # -- runs --------------------------------------------------------------------
 
     def _read(self, run: _Run) -> Instance:
-        timers = tuple(
-            w.timer_record() for w in run.wakeups.values() if w.kind is WakeupKind.TIMER
-        )
+        timers = tuple(w.timer_record() for w in run.wakeups.values() if w.kind is WakeupKind.TIMER)
         if not timers:
             return run.doc
         return attrs.evolve(run.doc, timers=timers)
@@ -271,6 +267,9 @@ class MemoryStorage:
             if seq not in run.wakeups:
                 raise WakeupGone(run_id, seq)
         # Checks done: from here on everything happens, with no await.
+        if instance.id != run.doc.id:
+            self._unindex(run.doc)
+            self._by_id.setdefault(instance.id, set()).add(run_id)
         run.doc = attrs.evolve(instance, timers=()) if instance.timers else instance
         for seq in consume:
             run.wakeups.pop(seq, None)
@@ -291,16 +290,19 @@ class MemoryStorage:
         run.wake_at = now
         return self._add_timers(run, add_timers, now)
 
+    def _unindex(self, doc: Instance) -> None:
+        runs = self._by_id.get(doc.id)
+        if runs is not None:
+            runs.discard(doc.run_id)
+            if not runs:
+                del self._by_id[doc.id]
+
     def _forget(self, run_id: str) -> None:
         run = self._runs.pop(run_id, None)
         if run is None:
             return
         doc = run.doc
-        runs = self._by_id.get(doc.id)
-        if runs is not None:
-            runs.discard(run_id)
-            if not runs:
-                del self._by_id[doc.id]
+        self._unindex(doc)
         if doc.unique_key is not None and self._holders.get(doc.unique_key) == run_id:
             del self._holders[doc.unique_key]
 
