@@ -478,6 +478,11 @@ class MemoryStorage:
         self._bump()
         return added
 
+    async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
+        await self._enter()
+        run = self._runs.get(run_id)
+        return run is not None and dedup_key in run.dedup_keys
+
     async def wakeups(self, run_id: str) -> list[Wakeup]:
         await self._enter()
         run = self._runs.get(run_id)

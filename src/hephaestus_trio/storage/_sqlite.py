@@ -747,6 +747,14 @@ class SQLiteStorage:
             self._bump()
         return recorded
 
+    async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
+        key = {"run_id": run_id, "dedup_key": dedup_key}
+
+        def query(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_Q["dedup_seen"], key).fetchone() is not None
+
+        return await self._read(query)
+
     async def wakeups(self, run_id: str) -> list[Wakeup]:
         def query(conn: sqlite3.Connection) -> list[Wakeup]:
             rows = conn.execute(_Q["wakeups_of_run"], {"run_id": run_id}).fetchall()

@@ -502,6 +502,7 @@ def _every_call(s: Storage) -> list[tuple[str, Callable[[], Awaitable[object]]]]
         ("reap_engines", lambda: s.reap_engines(now=T0)),
         ("add_wakeup", lambda: s.add_wakeup(_resume("r1"), now=T0)),
         ("wakeups", lambda: s.wakeups("r1")),
+        ("seen_dedup_key", lambda: s.seen_dedup_key("r1", "k")),
         ("cancel_timer", lambda: s.cancel_timer("r1", 1)),
         ("owned_wakeups", lambda: s.owned_wakeups("A", after=0)),
         ("wait_for_change", lambda: s.wait_for_change(-1)),
@@ -1405,6 +1406,10 @@ async def _dedup_keys_make_resumes_no_ops(new_storage: StorageFactory, *, durabl
         assert await s.add_wakeup(_resume("r1", dedup_key="d2"), now=T0) is not None, (
             "another key is recorded"
         )
+        assert await s.seen_dedup_key("r1", "d1"), "seen_dedup_key knows an applied key"
+        assert await s.seen_dedup_key("r2", "d1"), "seen_dedup_key is per run"
+        assert not await s.seen_dedup_key("r1", "d9"), "an unknown key was not seen"
+        assert not await s.seen_dedup_key("nope", "d1"), "an unknown run saw no key"
 
 
 @_check
