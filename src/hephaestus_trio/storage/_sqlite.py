@@ -549,27 +549,32 @@ class SQLiteStorage:
         limit: int,
         run_ids: Collection[str] | None = None,
     ) -> list[Lease]:
+        expires = expiry(now, ttl)
         params = {
             "owner": owner,
             "now": _timestamp(now),
-            "expires_at": _timestamp(expiry(now, ttl)),
+            "expires_at": _timestamp(expires),
             "workflows": workflows_param(workflows),
             "run_ids": None if run_ids is None else json_array(sorted(run_ids)),
             "limit": limit,
         }
+        find = _Q["claimable" if run_ids is None else "claimable_among"]
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
             self._check_open()
             await trio.lowlevel.checkpoint()
             return []
 
-        def apply(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(_Q["claim"], params).fetchall()
+        def apply(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            # One write transaction (BEGIN IMMEDIATE): nobody commits in between.
+            found: list[tuple[str, int]] = conn.execute(find, params).fetchall()
+            if found:
+                taken = params | {"run_ids": json_array(run_id for run_id, _ in found)}
+                conn.execute(_Q["take_leases"], taken)
+            return found
 
-        rows = await self._submit(apply)
-        rows.sort(key=lambda row: (row[3], row[4], row[0]))  # wake_at, created_at, run_id
         return [
-            Lease(run_id=run_id, owner=owner, epoch=epoch, expires_at=parse(expires_at))
-            for run_id, epoch, expires_at, _, _ in rows
+            Lease(run_id=run_id, owner=owner, epoch=epoch + 1, expires_at=expires)
+            for run_id, epoch in await self._submit(apply)
         ]
 
     async def renew(
@@ -636,8 +641,8 @@ class SQLiteStorage:
         params = {"owner": owner, "workflows": workflows_param(workflows)}
 
         def query(conn: sqlite3.Connection) -> str | None:
-            value: str | None = conn.execute(_Q["next_wake"], params).fetchone()[0]
-            return value
+            row = conn.execute(_Q["next_wake"], params).fetchone()
+            return None if row is None else str(row[0])
 
         earliest = await self._read(query)
         return None if earliest is None else parse(earliest)
