@@ -25,9 +25,10 @@ The design in five points (``docs/storage.md`` has the long form):
   owner's state. Uniqueness is the partial unique index
   ``hephaestus_runs_live_unique_key_v1``; its ``IntegrityError`` is
   translated here into ``UniqueViolation``.
-- **Changes from elsewhere are polled.** ``wait_for_change`` reads ``PRAGMA
-  data_version`` every ``poll_interval`` seconds; engine death is proved by
-  lock files (``_sqlite_engines.py``).
+- **Changes from elsewhere are polled.** ``wait_for_change`` reads the
+  writer's ``PRAGMA data_version`` (which other connections' commits move)
+  every ``poll_interval`` seconds; engine death is proved by lock files
+  (``_sqlite_engines.py``).
 
 Cancellation: a write cancelled before its batch reaches the worker thread
 never happens (it is taken out of the queue); once the batch is in the thread
@@ -208,7 +209,7 @@ class SQLiteStorage:
                 return
             await trio.to_thread.run_sync(self._connect, limiter=self._write_limiter)
             self._is_open = self._was_opened = True
-            self._data_version = await self._read(_data_version)
+            self._data_version = await self._foreign_commits()
 
     async def close(self) -> None:
         """Commit every queued write, then disconnect. Idempotent; ``open`` again works."""
@@ -230,6 +231,9 @@ class SQLiteStorage:
                 for fd in locks.values():
                     if fd is not None:
                         os.close(fd)
+                # Waiters in wait_for_change wake up and find the storage closed.
+                changed, self._changed = self._changed, trio.Event()
+                changed.set()
             finally:
                 # Cancelled before disconnecting: the storage stays usable.
                 self._is_open = self._writer is not None
@@ -490,24 +494,18 @@ class SQLiteStorage:
             "terminal": int(terminal),
             "now": stamp,
         }
-        waiting = instance.waiting_steps
-        timers = [
-            timer_row(run_id, timer, stamp)
-            for timer in add_timers
-            if not terminal and timer.step in waiting
-        ]
-        stale = {"run_id": run_id, "waiting": json_array(sorted(waiting))}
+        timers = [timer_row(run_id, timer, stamp) for timer in add_timers]
+        stale = {"run_id": run_id, "waiting": json_array(sorted(instance.waiting_steps))}
 
         def apply(conn: sqlite3.Connection) -> list[Wakeup]:
-            try:
-                written = conn.execute(_Q["write_run"], row).rowcount
-            except sqlite3.IntegrityError as exc:
-                violation = _unique_violation(conn, instance)
-                if violation is None:
-                    raise
-                raise violation from exc
-            if written != 1:
-                raise LeaseLost(run_id, lease.owner, lease.epoch)
+            if conn.execute(_Q["write_run"], row).rowcount != 1:
+                held = conn.execute(_Q["held_key"], row).fetchone()
+                if held is None:
+                    raise LeaseLost(run_id, lease.owner, lease.epoch)
+                raise ValueError(
+                    f"run {run_id!r}: unique_key is fixed at create ({held[0]!r}), "
+                    f"cannot become {instance.unique_key!r}"
+                )
             for seq in consume:
                 gone = {"seq": seq, "run_id": run_id}
                 if conn.execute(_Q["consume_wakeup"], gone).rowcount != 1:
@@ -515,6 +513,8 @@ class SQLiteStorage:
             if terminal:
                 conn.execute(_Q["delete_run_wakeups"], {"run_id": run_id})
                 return []
+            # Timers of steps no longer parked go; add_timers are inserted as
+            # given (a timer of a step not parked goes at the next write).
             conn.execute(_Q["drop_stale_timers"], stale)
             return [_insert_wakeup(conn, timer) for timer in timers]
 
@@ -781,12 +781,34 @@ class SQLiteStorage:
         while self._changes == seen:
             with trio.move_on_after(self._poll_interval):
                 await self._changed.wait()
+            self._check_open()
             if self._changes == seen:
-                version = await self._read(_data_version)
+                version = await self._foreign_commits()
                 if version != self._data_version:
                     self._data_version = version
                     self._bump()
         return self._changes
+
+    async def _foreign_commits(self) -> int:
+        """``PRAGMA data_version`` of the writer: it moves for every *other* connection's commit.
+
+        Read on the writer (behind the write limiter, between batches) because
+        a connection's own commits leave its ``data_version`` alone: the
+        reader's would move for this object's own writes too, waking its
+        engine for nothing at every poll.
+        """
+        self._check_open()
+
+        def poll() -> int:
+            conn = self._writer
+            if conn is None:
+                raise self._not_open()
+            try:
+                return _data_version(conn)
+            except sqlite3.Error as exc:
+                raise self._error("read failed", exc) from exc
+
+        return await trio.to_thread.run_sync(poll, limiter=self._write_limiter)
 
     def _bump(self) -> None:
         """A local change that may give some engine work: wake ``wait_for_change``."""

@@ -20,20 +20,26 @@ VALUES
      :instance, :owner, :lease_epoch, :lease_expires_at, :now);
 
 -- write_run --
--- The fenced write: replace a live run's state only under the stored lease.
--- A terminal state ends the lease and stops the run needing a driver.
+-- The fenced write: replace a live run's state only under the stored lease
+-- (and with the unique_key create gave it). A terminal state ends the lease
+-- and stops the run needing a driver.
 UPDATE hephaestus_runs SET
     id = :id,
     workflow = :workflow,
     workflow_version = :workflow_version,
     status = :status,
-    unique_key = :unique_key,
     created_at = :created_at,
     updated_at = :updated_at,
     instance = :instance,
     owner = CASE WHEN :terminal THEN NULL ELSE owner END,
     lease_expires_at = CASE WHEN :terminal THEN NULL ELSE lease_expires_at END,
     wake_at = CASE WHEN :terminal THEN NULL ELSE :now END
+WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
+    AND status IN ('pending', 'running', 'waiting') AND unique_key IS :unique_key;
+
+-- held_key --
+-- After write_run changed nothing: the stored unique_key if the lease is held.
+SELECT unique_key FROM hephaestus_runs
 WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
     AND status IN ('pending', 'running', 'waiting');
 
