@@ -2,7 +2,9 @@
 
 Adding a backend to the conformance suite is one entry in ``BACKENDS``: a
 function from pytest's ``tmp_path`` to a ``Backend`` (call ``pytest.skip``
-inside it when the backend cannot run here, e.g. no PostgreSQL server).
+inside it when the backend cannot run here, e.g. no PostgreSQL server). The
+folder is a fresh location, so ``Backend.new_storage`` is exactly the
+``hephaestus_trio.testing.StorageFactory`` the conformance checks take.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ class Backend:
     durable: bool
     """Whether a new storage object on the same location sees earlier writes."""
     new_storage: Callable[[], Storage]
-    """A new, unopened storage object on the same data (called again to "reopen")."""
+    """A new, unopened storage object on the same data (called again to "reopen").
+
+    A non-durable backend shares nothing between objects; the checks call its
+    factory once (``MemoryStorage`` itself is such a factory)."""
 
 
 def _memory(tmp_path: Path) -> Backend:

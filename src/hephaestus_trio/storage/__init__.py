@@ -1,17 +1,29 @@
 """Storage backends behind one domain-level protocol."""
 
 from ._memory import MemoryStorage as MemoryStorage
-from ._protocol import ResumeRecord as ResumeRecord
+from ._protocol import Lease as Lease
+from ._protocol import NewWakeup as NewWakeup
 from ._protocol import Storage as Storage
 from ._protocol import UniqueViolation as UniqueViolation
+from ._protocol import Wakeup as Wakeup
+from ._protocol import WakeupGone as WakeupGone
+from ._protocol import WakeupKind as WakeupKind
+from ._protocol import WakeupRefused as WakeupRefused
+from ._protocol import WorkflowKey as WorkflowKey
 from ._sqlite import SQLiteStorage as SQLiteStorage
 from ._urls import storage_from_url as storage_from_url
 
 __all__ = [
+    "Lease",
     "MemoryStorage",
-    "ResumeRecord",
+    "NewWakeup",
     "SQLiteStorage",
     "Storage",
     "UniqueViolation",
+    "Wakeup",
+    "WakeupGone",
+    "WakeupKind",
+    "WakeupRefused",
+    "WorkflowKey",
     "storage_from_url",
 ]

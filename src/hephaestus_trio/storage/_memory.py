@@ -1,24 +1,85 @@
-"""``MemoryStorage``: the default, non-durable backend (like the original's ETS).
+"""``MemoryStorage``: the default, non-durable backend, with leases emulated in memory.
 
-It is also the reference every other backend is compared with. Every method
-checkpoints, so code tested against it yields to Trio as it would against a
-real database. Uniqueness is checked and claimed without an ``await`` in
-between, which makes it atomic under Trio's cooperative scheduling.
+Why it is a trustworthy fake: it passes the very conformance suite every
+durable backend passes (``hephaestus_trio.testing.check_storage``), so code
+tested against it meets the same leases, fencing, wakeup and uniqueness rules
+it will meet on SQLite, only faster and without a file.
+
+How it keeps the protocol's promises:
+
+- Every method checkpoints first, then does all its checks and mutations with
+  no ``await`` in between. Trio is cooperative, so each call is atomic: two
+  concurrent claims of one run, or two creates of one unique key, can never
+  interleave inside a method. A call cancelled at its checkpoint changed
+  nothing.
+- A run is a ``_Run`` row: the document (stored with ``timers=()``) plus the
+  lease fields ``owner``, ``epoch`` and ``expires_at`` and ``wake_at``, the
+  time it next needs a driver. Timers live only as ``TIMER`` wakeups; ``get``
+  and ``query`` put them back into ``Instance.timers``.
+- Time is whatever ``now`` the caller passes (normalised to UTC); the storage
+  never reads a clock, so leases expire in the caller's time (virtual time
+  under ``trio.testing.MockClock``).
+- One object is one "database": there is no second object on the same data,
+  so it is tested with a single object (``durable = False``). Closing keeps
+  the data and opening again resumes with it.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import attrs
 import trio
 
-from ..core._instance import Instance, Status
-from ._protocol import ResumeRecord, UniqueViolation
+from .._errors import LeaseLost, StorageError
+from ..core._instance import Instance, Status, TimerRecord
+from ._protocol import (
+    Lease,
+    NewWakeup,
+    UniqueViolation,
+    Wakeup,
+    WakeupGone,
+    WakeupKind,
+    WakeupRefused,
+    WorkflowKey,
+)
 from ._query import matches, normalize_filters
 
 __all__ = ["MemoryStorage"]
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{what} must be a timezone-aware datetime, got naive {value!r}")
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+@attrs.define(kw_only=True)
+class _Run:
+    """One run row: the document (without timers) and its lease columns."""
+
+    doc: Instance
+    owner: str | None = None
+    epoch: int = 0
+    expires_at: datetime | None = None
+    wake_at: datetime | None = None
+    wakeups: dict[int, Wakeup] = attrs.field(factory=dict)
+    """Pending wakeups by seq; insertion order is seq order (seqs only grow)."""
+    dedup_keys: set[str] = attrs.field(factory=set)
+    """Every resume dedup key ever recorded for the run (until it is deleted)."""
+
+    def held_by(self, lease: Lease) -> bool:
+        return self.doc.status.is_live and self.owner == lease.owner and self.epoch == lease.epoch
+
+    def lease(self) -> Lease:
+        assert self.owner is not None
+        assert self.expires_at is not None
+        return Lease(
+            run_id=self.doc.run_id, owner=self.owner, epoch=self.epoch, expires_at=self.expires_at
+        )
 
 
 class MemoryStorage:
@@ -27,12 +88,18 @@ class MemoryStorage:
     durable = False
 
     def __init__(self) -> None:
-        self._runs: dict[str, Instance] = {}
-        # id -> run_ids: resume/get look runs up by business id on every call.
+        self._state = "new"  # "new" -> "open" <-> "closed"
+        self._runs: dict[str, _Run] = {}
+        # id -> run_ids: the facade looks runs up by business id on every call.
         self._by_id: dict[str, set[str]] = {}
-        self._holders: dict[str, str] = {}
-        self._resumes: dict[int, ResumeRecord] = {}
+        self._holders: dict[str, str] = {}  # live unique_key -> run_id
         self._seq = itertools.count(1)
+        self._engines: dict[str, tuple[datetime, Mapping[str, Any]]] = {}
+        self._changes = 0
+        self._changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
 
     async def __aenter__(self) -> MemoryStorage:
         await self.open()
@@ -43,46 +110,46 @@ class MemoryStorage:
 
     async def open(self) -> None:
         await trio.lowlevel.checkpoint()
+        self._state = "open"
 
     async def close(self) -> None:
         await trio.lowlevel.checkpoint()
+        if self._state == "open":
+            self._state = "closed"
+            # Waiters in wait_for_change wake up and find the storage closed.
+            self._changed.set()
+            self._changed = trio.Event()
+
+    def _check_open(self) -> None:
+        if self._state == "open":
+            return
+        if self._state == "closed":
+            raise StorageError(f"{self!r} is closed")
+        raise StorageError(
+            f"{self!r} is not open: use 'async with storage:' or 'await storage.open()' first"
+        )
+
+    async def _enter(self) -> None:
+        await trio.lowlevel.checkpoint()
+        self._check_open()
+
+    def _bump(self) -> None:
+        self._changes += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # -- runs --------------------------------------------------------------------
+
+    def _read(self, run: _Run) -> Instance:
+        timers = tuple(w.timer_record() for w in run.wakeups.values() if w.kind is WakeupKind.TIMER)
+        if not timers:
+            return run.doc
+        return attrs.evolve(run.doc, timers=timers)
 
     async def get(self, run_id: str) -> Instance | None:
-        await trio.lowlevel.checkpoint()
-        return self._runs.get(run_id)
-
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
-        key = instance.unique_key
-        if key is not None and instance.status.is_live:
-            holder = self._holders.get(key)
-            if holder is not None and holder != instance.run_id:
-                existing = self._runs[holder]
-                raise UniqueViolation(key, holder, existing.id)
-        previous = self._runs.get(instance.run_id)
-        if previous is not None and previous.unique_key is not None:
-            if self._holders.get(previous.unique_key) == instance.run_id:
-                del self._holders[previous.unique_key]
-        self._runs[instance.run_id] = instance
-        self._by_id.setdefault(instance.id, set()).add(instance.run_id)
-        if key is not None and instance.status.is_live:
-            self._holders[key] = instance.run_id
-        for seq in consume:
-            self._resumes.pop(seq, None)
-        await trio.lowlevel.checkpoint()
-
-    async def delete(self, run_id: str) -> None:
-        instance = self._runs.pop(run_id, None)
-        if instance is not None:
-            runs = self._by_id.get(instance.id, set())
-            runs.discard(run_id)
-            if not runs:
-                self._by_id.pop(instance.id, None)
-        if instance is not None and instance.unique_key is not None:
-            if self._holders.get(instance.unique_key) == run_id:
-                del self._holders[instance.unique_key]
-        for seq in [s for s, r in self._resumes.items() if r.run_id == run_id]:
-            del self._resumes[seq]
-        await trio.lowlevel.checkpoint()
+        await self._enter()
+        run = self._runs.get(run_id)
+        return None if run is None else self._read(run)
 
     async def query(
         self,
@@ -93,42 +160,354 @@ class MemoryStorage:
         workflow_version: int | None = None,
         id: str | None = None,
     ) -> list[Instance]:
+        await self._enter()
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
-        await trio.lowlevel.checkpoint()
         if id is not None:
-            candidates = [self._runs[r] for r in self._by_id.get(id, ())]
+            candidates = [self._runs[r].doc for r in self._by_id.get(id, ())]
         else:
-            candidates = list(self._runs.values())
-        found = [inst for inst in candidates if matches(inst, filters)]
-        found.sort(key=lambda inst: (inst.created_at, inst.run_id))
-        return found
+            candidates = [run.doc for run in self._runs.values()]
+        found = [doc for doc in candidates if matches(doc, filters)]
+        found.sort(key=lambda doc: (doc.created_at, doc.run_id))
+        return [self._read(self._runs[doc.run_id]) for doc in found]
 
-    async def add_resume(self, run_id: str, step: str, event: str, at: datetime) -> ResumeRecord:
-        record = ResumeRecord(
-            seq=next(self._seq), run_id=run_id, step=step, event=event, accepted_at=at
+    def _new_wakeup(
+        self,
+        run: _Run,
+        *,
+        kind: WakeupKind,
+        step: str | None,
+        event: str | None,
+        payload: Mapping[str, Any] | None,
+        dedup_key: str | None,
+        due_at: datetime,
+        now: datetime,
+    ) -> Wakeup:
+        wakeup = Wakeup(
+            seq=next(self._seq),
+            run_id=run.doc.run_id,
+            kind=kind,
+            step=step,
+            event=event,
+            payload=payload,
+            dedup_key=dedup_key,
+            due_at=due_at,
+            created_at=now,
         )
-        self._resumes[record.seq] = record
-        await trio.lowlevel.checkpoint()
-        return record
+        run.wakeups[wakeup.seq] = wakeup
+        return wakeup
 
-    async def pending_resumes(self, run_id: str | None = None) -> list[ResumeRecord]:
-        await trio.lowlevel.checkpoint()
-        return sorted(
-            (r for r in self._resumes.values() if run_id is None or r.run_id == run_id),
-            key=lambda r: r.seq,
-        )
+    def _add_timers(self, run: _Run, timers: Iterable[TimerRecord], now: datetime) -> list[Wakeup]:
+        return [
+            self._new_wakeup(
+                run,
+                kind=WakeupKind.TIMER,
+                step=t.step,
+                event=t.event,
+                payload=None,
+                dedup_key=None,
+                due_at=t.fire_at,
+                now=now,
+            )
+            for t in timers
+        ]
 
-    async def delete_resume(self, seq: int) -> None:
-        self._resumes.pop(seq, None)
-        await trio.lowlevel.checkpoint()
+    async def create(
+        self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
+    ) -> Lease | None:
+        await self._enter()
+        now = _utc(now, "now")
+        run_id = instance.run_id
+        if not instance.status.is_live:
+            raise ValueError(
+                f"run {run_id!r}: create takes a live run, got status {instance.status.value!r}"
+            )
+        if run_id in self._runs:
+            raise ValueError(f"run {run_id!r} exists already")
+        key = instance.unique_key
+        if key is not None:
+            holder = self._holders.get(key)
+            if holder is not None:
+                raise UniqueViolation(key, holder, self._runs[holder].doc.id)
+            self._holders[key] = run_id
+        run = _Run(doc=attrs.evolve(instance, timers=()) if instance.timers else instance)
+        run.wake_at = now
+        if owner is not None:
+            run.owner, run.epoch, run.expires_at = owner, 1, now + timedelta(seconds=ttl)
+        self._runs[run_id] = run
+        self._by_id.setdefault(instance.id, set()).add(run_id)
+        self._add_timers(run, instance.timers, now)
+        if owner is None:
+            self._bump()
+            return None
+        return run.lease()
+
+    async def write(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        now: datetime,
+        consume: Sequence[int] = (),
+        add_timers: Sequence[TimerRecord] = (),
+    ) -> list[Wakeup]:
+        await self._enter()
+        now = _utc(now, "now")
+        run_id = lease.run_id
+        if instance.run_id != run_id:
+            raise ValueError(f"lease of run {run_id!r} cannot write run {instance.run_id!r}")
+        run = self._runs.get(run_id)
+        if run is None or not run.held_by(lease):
+            raise LeaseLost(run_id, lease.owner, lease.epoch)
+        if instance.unique_key != run.doc.unique_key:
+            raise ValueError(
+                f"run {run_id!r}: unique_key is fixed at create "
+                f"({run.doc.unique_key!r}), cannot become {instance.unique_key!r}"
+            )
+        for seq in consume:
+            if seq not in run.wakeups:
+                raise WakeupGone(run_id, seq)
+        # Checks done: from here on everything happens, with no await.
+        if instance.id != run.doc.id:
+            self._unindex(run.doc)
+            self._by_id.setdefault(instance.id, set()).add(run_id)
+        run.doc = attrs.evolve(instance, timers=()) if instance.timers else instance
+        for seq in consume:
+            run.wakeups.pop(seq, None)
+        if instance.status.is_terminal:
+            run.wakeups.clear()
+            run.owner = run.expires_at = run.wake_at = None
+            key = instance.unique_key
+            if key is not None and self._holders.get(key) == run_id:
+                del self._holders[key]
+            return []
+        waiting = instance.waiting_steps
+        for seq in [
+            s
+            for s, w in run.wakeups.items()
+            if w.kind is WakeupKind.TIMER and w.step not in waiting
+        ]:
+            del run.wakeups[seq]
+        run.wake_at = now
+        return self._add_timers(run, add_timers, now)
+
+    def _unindex(self, doc: Instance) -> None:
+        runs = self._by_id.get(doc.id)
+        if runs is not None:
+            runs.discard(doc.run_id)
+            if not runs:
+                del self._by_id[doc.id]
+
+    def _forget(self, run_id: str) -> None:
+        run = self._runs.pop(run_id, None)
+        if run is None:
+            return
+        doc = run.doc
+        self._unindex(doc)
+        if doc.unique_key is not None and self._holders.get(doc.unique_key) == run_id:
+            del self._holders[doc.unique_key]
+
+    async def delete(self, run_id: str) -> None:
+        await self._enter()
+        self._forget(run_id)
 
     async def purge(self, older_than: datetime) -> int:
+        await self._enter()
+        older_than = _utc(older_than, "older_than")
         doomed = [
             run_id
-            for run_id, inst in self._runs.items()
-            if inst.status.is_terminal and inst.updated_at < older_than
+            for run_id, run in self._runs.items()
+            if run.doc.status.is_terminal and run.doc.updated_at < older_than
         ]
         for run_id in doomed:
-            await self.delete(run_id)
-        await trio.lowlevel.checkpoint()
+            self._forget(run_id)
         return len(doomed)
+
+    # -- leases ------------------------------------------------------------------
+
+    @staticmethod
+    def _of(run: _Run, workflows: frozenset[WorkflowKey] | None) -> bool:
+        return workflows is None or (run.doc.workflow, run.doc.workflow_version) in workflows
+
+    async def claim(
+        self,
+        owner: str,
+        *,
+        now: datetime,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+        limit: int,
+        run_ids: Collection[str] | None = None,
+    ) -> list[Lease]:
+        await self._enter()
+        now = _utc(now, "now")
+        wanted = None if workflows is None else frozenset(workflows)
+        if run_ids is None:
+            pool: Iterable[_Run] = self._runs.values()
+        else:
+            pool = [self._runs[r] for r in set(run_ids) if r in self._runs]
+        candidates = [
+            run
+            for run in pool
+            if run.doc.status.is_live
+            and (run.owner is None or (run.expires_at is not None and run.expires_at <= now))
+            and run.wake_at is not None
+            and run.wake_at <= now
+            and self._of(run, wanted)
+        ]
+        candidates.sort(key=lambda run: (run.wake_at, run.doc.created_at, run.doc.run_id))
+        expires_at = now + timedelta(seconds=ttl)
+        leases = []
+        for run in candidates[: max(limit, 0)]:
+            run.owner, run.epoch, run.expires_at = owner, run.epoch + 1, expires_at
+            leases.append(run.lease())
+        return leases
+
+    async def renew(
+        self, owner: str, leases: Collection[Lease], *, now: datetime, ttl: float
+    ) -> list[Lease]:
+        await self._enter()
+        now = _utc(now, "now")
+        expires_at = now + timedelta(seconds=ttl)
+        renewed = []
+        for lease in leases:
+            run = self._runs.get(lease.run_id)
+            if lease.owner == owner and run is not None and run.held_by(lease):
+                run.expires_at = expires_at
+                renewed.append(run.lease())
+        return renewed
+
+    async def release(
+        self, lease: Lease, *, now: datetime, wake_at: datetime | None, seen: int
+    ) -> bool:
+        await self._enter()
+        now = _utc(now, "now")
+        wake = None if wake_at is None else _utc(wake_at, "wake_at")
+        run = self._runs.get(lease.run_id)
+        if run is None or not run.held_by(lease):
+            raise LeaseLost(lease.run_id, lease.owner, lease.epoch)
+        run.owner = run.expires_at = None
+        missed = any(seq > seen for seq in run.wakeups)
+        run.wake_at = now if missed else wake
+        self._bump()
+        return missed
+
+    async def release_all(self, owner: str, *, now: datetime) -> int:
+        await self._enter()
+        now = _utc(now, "now")
+        count = 0
+        for run in self._runs.values():
+            if run.owner == owner and run.doc.status.is_live:
+                run.owner = run.expires_at = None
+                run.wake_at = now
+                count += 1
+        self._bump()
+        return count
+
+    async def next_wake(
+        self, owner: str, *, workflows: Collection[WorkflowKey] | None
+    ) -> datetime | None:
+        await self._enter()
+        wanted = None if workflows is None else frozenset(workflows)
+        earliest: datetime | None = None
+        for run in self._runs.values():
+            if run.wake_at is None or run.owner == owner or not run.doc.status.is_live:
+                continue
+            if not self._of(run, wanted):
+                continue
+            at = run.wake_at
+            if run.owner is not None and run.expires_at is not None:
+                at = max(at, run.expires_at)
+            if earliest is None or at < earliest:
+                earliest = at
+        return earliest
+
+    async def register_engine(
+        self, engine_id: str, *, now: datetime, info: Mapping[str, Any]
+    ) -> None:
+        await self._enter()
+        self._engines[engine_id] = (_utc(now, "now"), dict(info))
+
+    async def unregister_engine(self, engine_id: str) -> None:
+        await self._enter()
+        self._engines.pop(engine_id, None)
+
+    async def reap_engines(self, *, now: datetime) -> list[str]:
+        # In one process there is no proof of another engine's death: leases expire.
+        await self._enter()
+        return []
+
+    # -- wakeups -----------------------------------------------------------------
+
+    async def add_wakeup(
+        self, wakeup: NewWakeup, *, now: datetime, max_pending: int | None = None
+    ) -> Wakeup | None:
+        await self._enter()
+        now = _utc(now, "now")
+        due_at = _utc(wakeup.due_at, "due_at")
+        run_id = wakeup.run_id
+        run = self._runs.get(run_id)
+        if run is None:
+            raise WakeupRefused(run_id, "not_live", "missing")
+        if run.doc.status.is_terminal:
+            raise WakeupRefused(run_id, "not_live", run.doc.status.value)
+        pending = run.wakeups.values()
+        if wakeup.kind is WakeupKind.RESUME:
+            if wakeup.dedup_key is not None and wakeup.dedup_key in run.dedup_keys:
+                return None
+            resumes = [w for w in pending if w.kind is WakeupKind.RESUME]
+            if any(w.step == wakeup.step for w in resumes):
+                raise WakeupRefused(run_id, "step_pending")
+            if max_pending is not None and len(resumes) >= max_pending:
+                raise WakeupRefused(run_id, "full")
+            if wakeup.dedup_key is not None:
+                run.dedup_keys.add(wakeup.dedup_key)
+        elif wakeup.kind is WakeupKind.CANCEL:
+            if any(w.kind is WakeupKind.CANCEL for w in pending):
+                return None
+        added = self._new_wakeup(
+            run,
+            kind=wakeup.kind,
+            step=wakeup.step,
+            event=wakeup.event,
+            payload=wakeup.payload,
+            dedup_key=wakeup.dedup_key,
+            due_at=due_at,
+            now=now,
+        )
+        run.wake_at = due_at if run.wake_at is None else min(run.wake_at, due_at)
+        self._bump()
+        return added
+
+    async def wakeups(self, run_id: str) -> list[Wakeup]:
+        await self._enter()
+        run = self._runs.get(run_id)
+        return [] if run is None else list(run.wakeups.values())
+
+    async def cancel_timer(self, run_id: str, seq: int) -> bool:
+        await self._enter()
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        wakeup = run.wakeups.get(seq)
+        if wakeup is None or wakeup.kind is not WakeupKind.TIMER:
+            return False
+        del run.wakeups[seq]
+        return True
+
+    async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
+        await self._enter()
+        found = []
+        for run_id, run in self._runs.items():
+            if run.owner == owner and run.wakeups:
+                top = max(run.wakeups)
+                if top > after:
+                    found.append((run_id, top))
+        found.sort()
+        return found
+
+    async def wait_for_change(self, seen: int) -> int:
+        await self._enter()
+        while self._changes == seen:
+            await self._changed.wait()
+            self._check_open()
+        return self._changes

@@ -7,13 +7,20 @@
 * ``outcome_scripts(workflow)``: what each step does (emit which event, park
   first, fail) plus scheduling choices;
 * ``run_script(workflow, script)``: play a script on the pure engine functions
-  and get every instance reached.
+  and get every instance reached;
+* ``check_storage(new_location, durable=...)`` / ``STORAGE_CHECKS``: the storage
+  conformance suite, for any ``Storage`` backend (needs neither Hypothesis
+  nor pytest).
 """
 
 from ._driver import EPOCH as EPOCH
 from ._driver import Outcome as Outcome
 from ._driver import OutcomeScript as OutcomeScript
 from ._driver import run_script as run_script
+from ._storage_checks import STORAGE_CHECKS as STORAGE_CHECKS
+from ._storage_checks import StorageCheck as StorageCheck
+from ._storage_checks import StorageFactory as StorageFactory
+from ._storage_checks import check_storage as check_storage
 from ._strategies import DONE as DONE
 from ._strategies import NodeSpec as NodeSpec
 from ._strategies import TransitionSpec as TransitionSpec
@@ -26,12 +33,16 @@ from ._strategies import workflows as workflows
 __all__ = [
     "DONE",
     "EPOCH",
+    "STORAGE_CHECKS",
     "NodeSpec",
     "Outcome",
     "OutcomeScript",
+    "StorageCheck",
+    "StorageFactory",
     "TransitionSpec",
     "WorkflowSpec",
     "build_workflow",
+    "check_storage",
     "outcome_scripts",
     "run_script",
     "workflow_specs",
