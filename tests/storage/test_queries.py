@@ -61,7 +61,7 @@ def test_sqlite_files_load_from_the_installed_package() -> None:
     dialect = load_dialect("sqlite")
     assert dialect.version >= 1
     assert "CREATE TABLE hephaestus_runs" in dialect.schema
-    assert {"upsert_run", "live_holder", "purge_runs", "insert_resume"} <= set(dialect.queries)
+    assert {"insert_run", "write_run", "claimable", "insert_wakeup"} <= set(dialect.queries)
     assert all(not q.startswith("--") for q in dialect.queries.values())
 
 

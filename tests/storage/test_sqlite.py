@@ -1,19 +1,24 @@
-"""SQLite-specific behaviour: WAL, grouped commits, refusing foreign files, migrations.
+"""SQLite-specific behaviour: WAL, grouped commits, leases across objects, migrations.
 
 The shared behaviour is in ``test_conformance.py``; this file checks what only
-the SQLite backend promises. Some tests hold the first batch inside the worker
-thread (``Gate``) so that the content of the next batch is deterministic.
+the SQLite backend promises: grouped commits (some tests hold the first batch
+inside the worker thread with ``Gate`` so that the content of the next batch is
+deterministic), several storage objects and processes on one file, engine
+lock files, refusing foreign files and migrating old ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import attrs
@@ -21,15 +26,26 @@ import pytest
 import trio
 import trio.testing
 
-from hephaestus_trio import Instance, SQLiteStorage, Status, StorageError
-from hephaestus_trio.storage import UniqueViolation
+from hephaestus_trio import Instance, SQLiteStorage, Status, StorageError, TimerRecord
+from hephaestus_trio._errors import LeaseLost
+from hephaestus_trio.core._serialization import dumps
 from hephaestus_trio.storage import _sqlite_schema as schema
+from hephaestus_trio.storage._protocol import (
+    Lease,
+    NewWakeup,
+    UniqueViolation,
+    WakeupGone,
+    WakeupKind,
+    WakeupRefused,
+)
 from hephaestus_trio.storage._queries import Migration
+from hephaestus_trio.storage._sqlite_rows import timestamp
 
 from ._support import T0
 
 Make = Callable[..., Instance]
 KEY = "tests.Order::orderid::a1"
+POSIX = pytest.mark.skipif(sys.platform == "win32", reason="flock and SIGKILL are POSIX")
 
 
 @pytest.fixture
@@ -70,12 +86,33 @@ def _schema_objects(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]
     return sorted((t, n, tbl, " ".join(sql.split())) for t, n, tbl, sql in rows)
 
 
+def _resume(run_id: str, step: str = "wait", **changes: object) -> NewWakeup:
+    fields: dict[str, object] = {"step": step, "event": "go", "due_at": T0}
+    fields.update(changes)
+    return NewWakeup(run_id=run_id, kind=WakeupKind.RESUME, **fields)  # type: ignore[arg-type]
+
+
+async def _owned(storage: SQLiteStorage, instance: Instance, owner: str = "e1") -> Lease:
+    lease = await storage.create(instance, now=T0, owner=owner, ttl=30)
+    assert lease is not None
+    return lease
+
+
+def _parked(instance: Instance, step: str = "wait") -> Instance:
+    return attrs.evolve(
+        instance,
+        status=Status.WAITING,
+        active_steps=frozenset({step}),
+        waiting_steps=frozenset({step}),
+    )
+
+
 # -- pragmas ------------------------------------------------------------------
 
 
 async def test_wal_mode_full_sync_and_markers(db_path: Path, make: Make) -> None:
     async with SQLiteStorage(db_path) as storage:
-        await storage.put(make(run_id="r1"))
+        await storage.create(make(run_id="r1"), now=T0)
         assert storage._writer is not None
         assert storage._writer.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         with closing(sqlite3.connect(db_path)) as conn:
@@ -84,11 +121,14 @@ async def test_wal_mode_full_sync_and_markers(db_path: Path, make: Make) -> None
             assert conn.execute("PRAGMA application_id").fetchone()[0] == schema.APPLICATION_ID
 
 
-async def test_storage_path_and_repr(db_path: Path) -> None:
+async def test_storage_path_repr_and_settings(db_path: Path) -> None:
     storage = SQLiteStorage(db_path)
     assert storage.path == str(db_path)
     assert repr(storage) == f"SQLiteStorage({str(db_path)!r})"
     assert storage.durable is True
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="poll_interval"):
+            SQLiteStorage(db_path, poll_interval=bad)
 
 
 # -- grouped commits ------------------------------------------------------------
@@ -99,7 +139,8 @@ async def test_concurrent_writes_share_transactions(db_path: Path, make: Make) -
         commits, writes = storage._commit_count, storage._write_count
         async with trio.open_nursery() as nursery:
             for n in range(50):
-                nursery.start_soon(storage.put, make(f"orderid::n{n}", run_id=f"r{n:02d}"))
+                run = make(f"orderid::n{n}", run_id=f"r{n:02d}")
+                nursery.start_soon(lambda run=run: storage.create(run, now=T0))
         assert storage._write_count - writes == 50
         assert 1 <= storage._commit_count - commits < 50
         assert len(await storage.query()) == 50
@@ -111,14 +152,38 @@ async def test_writes_arriving_during_a_commit_form_the_next_batch(
     async with SQLiteStorage(db_path) as storage:
         gate = Gate(storage, monkeypatch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.put, make(run_id="plug"))
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
             await gate.wait_entered()
             for n in range(20):
-                nursery.start_soon(storage.put, make(run_id=f"r{n:02d}"))
+                run = make(run_id=f"r{n:02d}")
+                nursery.start_soon(lambda run=run: storage.create(run, now=T0))
             await trio.testing.wait_all_tasks_blocked()
             gate.release.set()
         assert gate.sizes == [1, 20]
         assert len(await storage.query()) == 21
+
+
+async def test_fenced_writes_are_grouped_too(
+    db_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        runs = [make(run_id=f"r{n:02d}") for n in range(20)]
+        leases = [await _owned(storage, run) for run in runs]
+        gate = Gate(storage, monkeypatch)
+        later = T0 + timedelta(seconds=1)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
+            await gate.wait_entered()
+            for lease, run in zip(leases, runs, strict=True):
+                running = attrs.evolve(run, status=Status.RUNNING, updated_at=later)
+                nursery.start_soon(
+                    lambda lease=lease, running=running: storage.write(lease, running, now=later)
+                )
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+        assert gate.sizes == [1, 20]
+        assert {i.status for i in await storage.query(status_in=["running"])} == {Status.RUNNING}
+        assert len(await storage.query(status="running")) == 20
 
 
 async def test_batches_are_bounded(
@@ -127,10 +192,10 @@ async def test_batches_are_bounded(
     async with SQLiteStorage(db_path) as storage:
         gate = Gate(storage, monkeypatch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.put, make(run_id="plug"))
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
             await gate.wait_entered()
             for n in range(1200):
-                nursery.start_soon(storage.delete_resume, n)
+                nursery.start_soon(storage.cancel_timer, "plug", n)
             await trio.testing.wait_all_tasks_blocked()
             gate.release.set()
         assert gate.sizes == [1, 500, 500, 200]
@@ -140,33 +205,31 @@ async def test_a_unique_violation_in_a_batch_keeps_the_other_writes(
     db_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with SQLiteStorage(db_path) as storage:
-        await storage.put(make(run_id="holder", status=Status.WAITING, unique_key=KEY))
-        doomed = await storage.add_resume("old", "wait", "go", T0)
+        await storage.create(make(run_id="holder", status=Status.WAITING, unique_key=KEY), now=T0)
         gate = Gate(storage, monkeypatch)
         outcomes: dict[str, object] = {}
 
-        async def attempt(name: str, write: Callable[[], object]) -> None:
+        async def attempt(name: str, write: Callable[[], Awaitable[object]]) -> None:
             try:
-                outcomes[name] = await write()  # type: ignore[misc]
+                outcomes[name] = await write()
             except UniqueViolation as exc:
                 outcomes[name] = exc
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.put, make(run_id="plug"))
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
             await gate.wait_entered()
             for n in range(10):
                 run = make(f"orderid::n{n}", run_id=f"r{n}", unique_key=f"key{n}")
-                nursery.start_soon(attempt, f"r{n}", lambda run=run: storage.put(run))
+                nursery.start_soon(attempt, f"r{n}", lambda run=run: storage.create(run, now=T0))
             loser = make(run_id="loser", unique_key=KEY)
-            nursery.start_soon(attempt, "loser", lambda: storage.put(loser))
+            nursery.start_soon(attempt, "loser", lambda: storage.create(loser, now=T0))
             nursery.start_soon(
-                attempt, "resume", lambda: storage.add_resume("r1", "wait", "go", T0)
+                attempt, "resume", lambda: storage.add_wakeup(_resume("holder"), now=T0)
             )
-            nursery.start_soon(attempt, "drop", lambda: storage.delete_resume(doomed.seq))
             await trio.testing.wait_all_tasks_blocked()
             gate.release.set()
 
-        assert gate.sizes == [1, 13]
+        assert gate.sizes == [1, 12]
         violation = outcomes["loser"]
         assert isinstance(violation, UniqueViolation)
         assert violation.existing_run_id == "holder"
@@ -176,7 +239,63 @@ async def test_a_unique_violation_in_a_batch_keeps_the_other_writes(
             "plug",
             *(f"r{n}" for n in range(10)),
         }
-        assert await storage.pending_resumes() == [outcomes["resume"]]
+        assert await storage.wakeups("holder") == [outcomes["resume"]]
+
+
+async def test_a_refused_fenced_write_in_a_batch_rolls_back_only_itself(
+    db_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        a, b, c = (_parked(make(run_id=name)) for name in "abc")
+        lease_a, lease_b, lease_c = [await _owned(storage, run) for run in (a, b, c)]
+        stale_b = attrs.evolve(lease_b, epoch=lease_b.epoch + 7)
+        later = T0 + timedelta(seconds=1)
+        timer = TimerRecord(step="wait", event="late", fire_at=T0 + timedelta(hours=1))
+        gate = Gate(storage, monkeypatch)
+        outcomes: dict[str, object] = {}
+
+        async def attempt(name: str, write: Callable[[], Awaitable[object]]) -> None:
+            try:
+                outcomes[name] = await write()
+            except (LeaseLost, WakeupGone) as exc:
+                outcomes[name] = exc
+
+        def moved(run: Instance) -> Instance:
+            return attrs.evolve(run, updated_at=later, runtime_metadata={"moved": True})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
+            await gate.wait_entered()
+            nursery.start_soon(
+                attempt,
+                "a",
+                lambda: storage.write(lease_a, moved(a), now=later, add_timers=[timer]),
+            )
+            nursery.start_soon(attempt, "b", lambda: storage.write(stale_b, moved(b), now=later))
+            nursery.start_soon(
+                attempt,
+                "c",
+                lambda: storage.write(
+                    lease_c, moved(c), now=later, consume=[9999], add_timers=[timer]
+                ),
+            )
+            nursery.start_soon(attempt, "resume", lambda: storage.add_wakeup(_resume("b"), now=T0))
+            await trio.testing.wait_all_tasks_blocked()
+            gate.release.set()
+
+        assert gate.sizes == [1, 4]
+        assert isinstance(outcomes["b"], LeaseLost)
+        assert (outcomes["b"].run_id, outcomes["b"].epoch) == ("b", lease_b.epoch + 7)
+        assert isinstance(outcomes["c"], WakeupGone)
+        assert outcomes["c"].seq == 9999
+        got_a, got_b, got_c = [await storage.get(name) for name in "abc"]
+        assert got_a is not None
+        assert got_a.runtime_metadata == {"moved": True}
+        assert got_a.timers == (timer,)
+        assert got_b == b
+        assert got_c == c  # the run update and its timer were rolled back together
+        assert await storage.wakeups("c") == []
+        assert [w.kind for w in await storage.wakeups("b")] == [WakeupKind.RESUME]
 
 
 async def test_two_new_runs_with_one_key_in_one_batch(
@@ -188,13 +307,13 @@ async def test_two_new_runs_with_one_key_in_one_batch(
 
         async def start(run_id: str) -> None:
             try:
-                await storage.put(make(run_id=run_id, unique_key=KEY))
+                await storage.create(make(run_id=run_id, unique_key=KEY), now=T0)
                 results.append(run_id)
             except UniqueViolation as exc:
                 results.append(exc)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.put, make(run_id="plug"))
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
             await gate.wait_entered()
             nursery.start_soon(start, "a")
             nursery.start_soon(start, "b")
@@ -213,12 +332,12 @@ async def test_a_write_cancelled_while_queued_never_happens(
     async with SQLiteStorage(db_path) as storage:
         gate = Gate(storage, monkeypatch)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(storage.put, make(run_id="plug"))
+            nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
             await gate.wait_entered()
             with trio.CancelScope() as scope:
-                nursery.start_soon(storage.put, make(run_id="kept"))
+                nursery.start_soon(lambda: storage.create(make(run_id="kept"), now=T0))
                 scope.cancel()
-                await storage.put(make(run_id="cancelled"))
+                await storage.create(make(run_id="cancelled"), now=T0)
             await trio.testing.wait_all_tasks_blocked()
             gate.release.set()
         assert sorted(i.run_id for i in await storage.query()) == ["kept", "plug"]
@@ -235,14 +354,14 @@ async def test_a_flusher_cancelled_before_its_thread_hands_the_batch_on(
 
         async def leader() -> None:
             with cancel_leader:
-                await storage.put(make(run_id="leader"))
+                await storage.create(make(run_id="leader"), now=T0)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(leader)
             await trio.testing.wait_all_tasks_blocked()
             assert storage._flushing
             for name in ("b", "c"):
-                nursery.start_soon(storage.put, make(run_id=name))
+                nursery.start_soon(lambda name=name: storage.create(make(run_id=name), now=T0))
             await trio.testing.wait_all_tasks_blocked()
             cancel_leader.cancel()
             await trio.testing.wait_all_tasks_blocked()
@@ -261,56 +380,90 @@ async def test_close_commits_queued_writes_first(
     await storage.open()
     gate = Gate(storage, monkeypatch)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(storage.put, make(run_id="plug"))
+        nursery.start_soon(lambda: storage.create(make(run_id="plug"), now=T0))
         await gate.wait_entered()
         for n in range(5):
-            nursery.start_soon(storage.put, make(run_id=f"r{n}"))
+            run = make(run_id=f"r{n}")
+            nursery.start_soon(lambda run=run: storage.create(run, now=T0))
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(storage.close)
         await trio.testing.wait_all_tasks_blocked()
         with pytest.raises(StorageError, match="is closed"):
-            await storage.put(make(run_id="too-late"))
+            await storage.create(make(run_id="too-late"), now=T0)
         gate.release.set()
     async with SQLiteStorage(db_path) as reopened:
         assert len(await reopened.query()) == 6
 
 
-# -- lifecycle -------------------------------------------------------------------------
+# -- reads --------------------------------------------------------------------------
 
 
-async def test_unopened_and_closed_storage_refuses_work(db_path: Path, make: Make) -> None:
-    storage = SQLiteStorage(db_path)
-    calls = [
-        lambda: storage.get("r1"),
-        lambda: storage.put(make(run_id="r1")),
-        lambda: storage.delete("r1"),
-        lambda: storage.query(),
-        lambda: storage.add_resume("r1", "wait", "go", T0),
-        lambda: storage.pending_resumes(),
-        lambda: storage.delete_resume(1),
-        lambda: storage.purge(T0),
-    ]
-    for call in calls:
-        with pytest.raises(StorageError, match="not open") as info:
-            await call()
-        assert str(db_path) in str(info.value)
-    async with storage:
-        await storage.put(make(run_id="r1"))
-    for call in calls:
-        with pytest.raises(StorageError, match="closed"):
-            await call()
-    async with storage:  # a closed storage may be opened again
-        assert await storage.get("r1") is not None
-
-
-async def test_naive_datetimes_are_refused(db_path: Path) -> None:
-    from datetime import datetime
-
+async def test_query_reads_every_runs_timers_with_one_statement(db_path: Path, make: Make) -> None:
     async with SQLiteStorage(db_path) as storage:
-        with pytest.raises(ValueError, match="timezone-aware"):
-            await storage.add_resume("r1", "wait", "go", datetime(2030, 1, 1))
-        with pytest.raises(ValueError, match="timezone-aware"):
-            await storage.purge(datetime(2030, 1, 1))
+        for n in range(10):
+            timer = TimerRecord(step="wait", event="late", fire_at=T0 + timedelta(minutes=n))
+            run = _parked(make(f"orderid::n{n}", run_id=f"r{n}"), step="wait")
+            await storage.create(attrs.evolve(run, timers=(timer,)), now=T0)
+        statements: list[str] = []
+        assert storage._reader is not None
+        storage._reader.set_trace_callback(statements.append)
+        try:
+            runs = await storage.query()
+        finally:
+            storage._reader.set_trace_callback(None)
+        assert [len(run.timers) for run in runs] == [1] * 10
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 2  # the runs, then the timers of all of them
+
+
+async def test_documents_are_stored_without_their_timers(db_path: Path, make: Make) -> None:
+    timer = TimerRecord(step="wait", event="late", fire_at=T0 + timedelta(seconds=1.5))
+    async with SQLiteStorage(db_path) as storage:
+        await storage.create(attrs.evolve(_parked(make(run_id="r1")), timers=(timer,)), now=T0)
+        got = await storage.get("r1")
+        assert got is not None
+        assert got.timers == (timer,)
+    with closing(sqlite3.connect(db_path)) as conn:
+        (text,) = conn.execute("SELECT instance FROM hephaestus_runs").fetchone()
+        assert json.loads(text)["timers"] == []
+        assert conn.execute("SELECT due_at FROM hephaestus_wakeups").fetchall() == [
+            ("2030-01-01T00:00:01.500000Z",)
+        ]
+
+
+async def test_claims_and_next_wake_walk_the_claimable_index(db_path: Path) -> None:
+    async with SQLiteStorage(db_path):
+        pass
+    params = {"now": timestamp(T0), "workflows": None, "run_ids": "[]", "limit": 5, "owner": "e"}
+    with closing(sqlite3.connect(db_path)) as conn:
+
+        def plan(name: str) -> str:
+            rows = conn.execute("EXPLAIN QUERY PLAN " + schema.SQL.queries[name], params)
+            return " ".join(str(row[3]) for row in rows)
+
+        assert "USING INDEX hephaestus_runs_claimable_idx" in plan("claimable")
+        assert "TEMP B-TREE" not in plan("claimable")  # the index order is the claim order
+        assert "USING INDEX hephaestus_runs_claimable_idx" in plan("next_wake")
+        assert "TEMP B-TREE" not in plan("next_wake")
+        assert "sqlite_autoindex_hephaestus_runs_1 (run_id=?)" in plan("claimable_among")
+
+
+async def test_payloads_are_json(db_path: Path, make: Make) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        await storage.create(_parked(make(run_id="r1")), now=T0)
+        recorded = await storage.add_wakeup(_resume("r1", payload={"b": [1, 2], "a": "é"}), now=T0)
+        assert recorded is not None
+        assert recorded.payload == {"a": "é", "b": [1, 2]}
+        assert await storage.wakeups("r1") == [recorded]
+        with pytest.raises(ValueError):
+            await storage.add_wakeup(_resume("r1", "other", payload={"x": float("nan")}), now=T0)
+        with closing(sqlite3.connect(db_path)) as conn:
+            assert conn.execute("SELECT payload FROM hephaestus_wakeups").fetchall() == [
+                ('{"a":"\\u00e9","b":[1,2]}',)
+            ]
+
+
+# -- several storage objects on one file --------------------------------------------------
 
 
 async def test_two_storages_on_one_file_share_uniqueness(db_path: Path, make: Make) -> None:
@@ -319,7 +472,7 @@ async def test_two_storages_on_one_file_share_uniqueness(db_path: Path, make: Ma
 
         async def start(storage: SQLiteStorage, run_id: str) -> None:
             try:
-                await storage.put(make(run_id=run_id, unique_key=KEY))
+                await storage.create(make(run_id=run_id, unique_key=KEY), now=T0)
                 winners.append(run_id)
             except UniqueViolation:
                 pass
@@ -331,6 +484,252 @@ async def test_two_storages_on_one_file_share_uniqueness(db_path: Path, make: Ma
         assert len(winners) == 1
         assert [i.run_id for i in await two.query()] == winners
         assert [i.run_id for i in await one.query()] == winners
+
+
+async def test_two_storages_claim_each_run_once(db_path: Path, make: Make) -> None:
+    async with SQLiteStorage(db_path) as one, SQLiteStorage(db_path) as two:
+        for n in range(40):
+            await one.create(make(f"orderid::n{n}", run_id=f"r{n:02d}"), now=T0)
+        claimed: dict[str, list[str]] = {"one": [], "two": []}
+
+        async def claim_all(name: str, storage: SQLiteStorage) -> None:
+            while True:
+                leases = await storage.claim(name, now=T0, ttl=30, workflows=None, limit=3)
+                if not leases:
+                    return
+                claimed[name].extend(lease.run_id for lease in leases)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(claim_all, "one", one)
+            nursery.start_soon(claim_all, "two", two)
+        both = claimed["one"] + claimed["two"]
+        assert sorted(both) == [f"r{n:02d}" for n in range(40)]  # each exactly once
+
+
+async def test_a_fenced_write_after_a_takeover_is_refused(db_path: Path, make: Make) -> None:
+    async with SQLiteStorage(db_path) as one, SQLiteStorage(db_path) as two:
+        run = make(run_id="r1")
+        await one.create(run, now=T0)
+        (old,) = await one.claim("one", now=T0, ttl=10, workflows=None, limit=1)
+        later = T0 + timedelta(seconds=11)  # the lease of "one" lapsed
+        (new,) = await two.claim("two", now=later, ttl=10, workflows=None, limit=1)
+        assert (old.epoch, new.epoch) == (1, 2)
+        stale = attrs.evolve(run, status=Status.RUNNING, runtime_metadata={"by": "one"})
+        with pytest.raises(LeaseLost) as info:
+            await one.write(old, stale, now=later)
+        assert (info.value.run_id, info.value.owner, info.value.epoch) == ("r1", "one", 1)
+        assert await one.renew("one", [old], now=later, ttl=10) == []
+        with pytest.raises(LeaseLost):
+            await one.release(old, now=later, wake_at=None, seen=0)
+        fresh = attrs.evolve(run, status=Status.RUNNING, runtime_metadata={"by": "two"})
+        await two.write(new, fresh, now=later)
+        assert await one.get("r1") == fresh
+
+
+async def test_a_wakeup_added_through_another_object_reaches_the_owner(
+    db_path: Path, make: Make
+) -> None:
+    async with SQLiteStorage(db_path) as one, SQLiteStorage(db_path) as two:
+        lease = await _owned(one, _parked(make(run_id="r1")), owner="one")
+        recorded = await two.add_wakeup(_resume("r1"), now=T0)
+        assert recorded is not None
+        assert await one.owned_wakeups("one", after=0) == [("r1", recorded.seq)]
+        assert await one.wakeups("r1") == [recorded]
+        assert await two.claim("two", now=T0, ttl=30, workflows=None, limit=5) == []
+        done = attrs.evolve(make(run_id="r1"), status=Status.COMPLETED)
+        await one.write(lease, done, now=T0, consume=[recorded.seq])
+        assert await two.wakeups("r1") == []
+
+
+@pytest.mark.slow
+async def test_wait_for_change_notices_another_objects_commit(db_path: Path, make: Make) -> None:
+    poll = 0.05
+    async with SQLiteStorage(db_path, poll_interval=poll) as one, SQLiteStorage(db_path) as two:
+        await one.create(_parked(make(run_id="r1")), now=T0)
+        seen = await one.wait_for_change(-1)
+        await one.write(
+            await _owned(one, make(run_id="r2")), make(run_id="r2", status=Status.RUNNING), now=T0
+        )
+        with trio.move_on_after(4 * poll) as idle:
+            await one.wait_for_change(seen)
+        assert idle.cancelled_caught  # only its own commits: it keeps waiting
+        async with trio.open_nursery() as nursery:
+
+            async def add_soon() -> None:
+                await trio.sleep(poll / 2)
+                await two.add_wakeup(_resume("r1"), now=T0)
+
+            nursery.start_soon(add_soon)
+            started = trio.current_time()
+            with trio.fail_after(5):
+                assert await one.wait_for_change(seen) != seen
+            # Noticed at the first look after the commit (generous margin for slow machines).
+            assert trio.current_time() - started < 20 * poll
+
+
+# -- engines: lock files prove death ------------------------------------------------------
+
+_DOOMED_ENGINE = """
+import sys
+from datetime import UTC, datetime
+import trio
+from hephaestus_trio import Instance, SQLiteStorage
+
+async def main() -> None:
+    storage = SQLiteStorage(sys.argv[1])
+    await storage.open()
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    await storage.register_engine("doomed", now=now, info={"host": "h", "pid": 1})
+    run = Instance.new("tests.Order", {}, id="orderid::d", run_id="held", now=now)
+    await storage.create(run, now=now, owner="doomed", ttl=3600)
+    print("ready", flush=True)
+    await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def _start_doomed_engine(db_path: Path) -> trio.Process:
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", _DOOMED_ENGINE, os.fspath(db_path)], stdout=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    output = b""
+    with trio.fail_after(30):
+        while b"ready\n" not in output:
+            chunk = await process.stdout.receive_some()
+            assert chunk, "the engine process ended early"
+            output += chunk
+    return process
+
+
+@pytest.mark.slow
+@POSIX
+async def test_a_killed_engine_is_reaped_and_a_live_one_is_not(db_path: Path, make: Make) -> None:
+    locks = Path(f"{db_path}.engines")
+    process = await _start_doomed_engine(db_path)
+    async with SQLiteStorage(db_path) as reaper, SQLiteStorage(db_path) as neighbour:
+        await reaper.register_engine("reaper", now=T0, info={})
+        await neighbour.register_engine("neighbour", now=T0, info={})
+        await _owned(neighbour, make("orderid::n", run_id="neighbours"), owner="neighbour")
+        soon = T0 + timedelta(seconds=1)
+        # The doomed engine is alive: nothing is reaped, its lease holds.
+        assert await reaper.reap_engines(now=soon) == []
+        assert await reaper.claim("reaper", now=soon, ttl=30, workflows=None, limit=9) == []
+
+        process.kill()
+        await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        assert (locks / "doomed.lock").exists()  # SIGKILL left the file, but not its lock
+
+        assert await reaper.reap_engines(now=soon) == ["doomed"]
+        assert not (locks / "doomed.lock").exists()
+        (lease,) = await reaper.claim("reaper", now=soon, ttl=30, workflows=None, limit=9)
+        assert (lease.run_id, lease.epoch) == ("held", 2)
+        # Engines of this process, on another storage object or this one, stay.
+        assert await reaper.reap_engines(now=soon) == []
+        assert sorted(p.name for p in locks.iterdir()) == ["neighbour.lock", "reaper.lock"]
+        with closing(sqlite3.connect(db_path)) as conn:
+            rows = conn.execute("SELECT engine_id FROM hephaestus_engines ORDER BY 1").fetchall()
+        assert rows == [("neighbour",), ("reaper",)]
+
+
+@POSIX
+async def test_engine_registration_and_its_lock_file(db_path: Path, make: Make) -> None:
+    locks = Path(f"{db_path}.engines")
+    async with SQLiteStorage(db_path) as one, SQLiteStorage(db_path) as two:
+        await one.register_engine("e-1", now=T0, info={"host": "box", "pid": 42, "v": [1]})
+        assert (locks / "e-1.lock").exists()
+        with pytest.raises(StorageError, match="held by a live engine"):
+            await two.register_engine("e-1", now=T0, info={})
+        with pytest.raises(ValueError, match="engine id"):
+            await two.register_engine("../escape", now=T0, info={})
+        with closing(sqlite3.connect(db_path)) as conn:
+            row = conn.execute("SELECT * FROM hephaestus_engines").fetchone()
+        assert row == ("e-1", "box", 42, timestamp(T0), '{"host":"box","pid":42,"v":[1]}')
+        # A row whose lock file is missing is an engine that never got (or lost) its proof.
+        with closing(sqlite3.connect(db_path)) as conn:
+            conn.execute(
+                "INSERT INTO hephaestus_engines VALUES ('ghost', NULL, NULL, ?, '{}')",
+                (timestamp(T0),),
+            )
+            conn.commit()
+        assert await two.reap_engines(now=T0) == ["ghost"]
+        await one.unregister_engine("e-1")
+        await one.unregister_engine("e-1")  # unknown: a no-op
+        assert not (locks / "e-1.lock").exists()
+        assert await two.reap_engines(now=T0) == []
+        # Closing the storage releases its engines' locks: they are reapable.
+        await one.register_engine("e-2", now=T0, info={})
+    async with SQLiteStorage(db_path) as three:
+        assert await three.reap_engines(now=T0) == ["e-2"]
+
+
+# -- lifecycle -------------------------------------------------------------------------
+
+
+async def test_unopened_and_closed_storage_refuses_work(db_path: Path, make: Make) -> None:
+    storage = SQLiteStorage(db_path)
+    lease = Lease(run_id="r1", owner="e1", epoch=1, expires_at=T0)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: storage.get("r1"),
+        lambda: storage.query(),
+        lambda: storage.create(make(run_id="r2"), now=T0),
+        lambda: storage.write(lease, make(run_id="r1"), now=T0),
+        lambda: storage.delete("r1"),
+        lambda: storage.purge(T0),
+        lambda: storage.claim("e1", now=T0, ttl=1, workflows=None, limit=1),
+        lambda: storage.claim("e1", now=T0, ttl=1, workflows=None, limit=0),
+        lambda: storage.renew("e1", [lease], now=T0, ttl=1),
+        lambda: storage.renew("e1", [], now=T0, ttl=1),
+        lambda: storage.release(lease, now=T0, wake_at=None, seen=0),
+        lambda: storage.release_all("e1", now=T0),
+        lambda: storage.next_wake("e1", workflows=None),
+        lambda: storage.register_engine("e9", now=T0, info={}),
+        lambda: storage.unregister_engine("e9"),
+        lambda: storage.reap_engines(now=T0),
+        lambda: storage.add_wakeup(_resume("r1"), now=T0),
+        lambda: storage.wakeups("r1"),
+        lambda: storage.cancel_timer("r1", 1),
+        lambda: storage.owned_wakeups("e1", after=0),
+        lambda: storage.wait_for_change(0),
+    ]
+    for call in calls:
+        with pytest.raises(StorageError, match="not open") as info:
+            await call()
+        assert str(db_path) in str(info.value)
+    async with storage:
+        await storage.create(make(run_id="r1"), now=T0)
+    for call in calls:
+        with pytest.raises(StorageError, match="closed"):
+            await call()
+    async with storage:  # a closed storage may be opened again
+        assert await storage.get("r1") is not None
+
+
+async def test_naive_datetimes_are_refused(db_path: Path, make: Make) -> None:
+    naive = datetime(2030, 1, 1)
+    async with SQLiteStorage(db_path) as storage:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await storage.create(make(run_id="r1"), now=naive)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await storage.add_wakeup(_resume("r1", due_at=naive), now=T0)
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await storage.purge(naive)
+
+
+async def test_add_wakeup_refusals_are_enforced_by_the_schema(db_path: Path, make: Make) -> None:
+    async with SQLiteStorage(db_path) as storage:
+        await storage.create(_parked(make(run_id="r1")), now=T0)
+        await storage.add_wakeup(_resume("r1"), now=T0)
+        with pytest.raises(WakeupRefused) as info:
+            await storage.add_wakeup(_resume("r1"), now=T0)
+        assert info.value.reason == "step_pending"
+    with closing(sqlite3.connect(db_path)) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(
+            "INSERT INTO hephaestus_wakeups (run_id, kind, step, event, due_at, created_at) "
+            "VALUES ('r1', 'resume', 'wait', 'go', 'x', 'x')"
+        )
 
 
 # -- refusing files that are not ours ----------------------------------------------------
@@ -410,7 +809,7 @@ async def test_refuses_files_that_are_not_ours(db_path: Path, make: Make, kind: 
     assert "left unchanged" in str(info.value)
     assert _snapshot(db_path.parent) == before
     with pytest.raises(StorageError, match="not open"):
-        await storage.put(make(run_id="r1"))
+        await storage.create(make(run_id="r1"), now=T0)
     assert _snapshot(db_path.parent) == before
 
 
@@ -436,7 +835,7 @@ async def test_an_empty_file_gets_the_schema(db_path: Path, make: Make, kind: st
             conn.execute("VACUUM")  # writes a header, no tables
         assert db_path.stat().st_size > 0
     async with SQLiteStorage(db_path) as storage:
-        await storage.put(make(run_id="r1"))
+        await storage.create(make(run_id="r1"), now=T0)
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
 
@@ -475,7 +874,7 @@ async def test_an_older_database_is_migrated_on_open(
     db_path: Path, make: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with SQLiteStorage(db_path) as storage:
-        await storage.put(make(run_id="r1"))
+        await storage.create(make(run_id="r1"), now=T0)
     step = Migration(
         version=schema.SCHEMA_VERSION + 1,
         name="9999_test.sql",
@@ -492,20 +891,113 @@ async def test_an_older_database_is_migrated_on_open(
         assert "hephaestus_test_extra" in names
 
 
+def _v1_database(path: Path, runs: list[Instance], resumes: list[tuple[int, str, str]]) -> None:
+    """A version-1 file, as release 1 wrote it: runs (timers in the document) and resumes."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        for statement in schema.split_statements(schema.SQL.migrations[0].text):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+        for run in runs:
+            conn.execute(
+                "INSERT INTO hephaestus_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run.run_id,
+                    run.id,
+                    run.workflow,
+                    run.workflow_version,
+                    run.status.value,
+                    run.unique_key,
+                    timestamp(run.created_at),
+                    timestamp(run.updated_at),
+                    dumps(run),
+                ),
+            )
+        for seq, run_id, step in [*resumes, (10, "r1", "gone")]:
+            conn.execute(
+                "INSERT INTO hephaestus_resumes VALUES (?, ?, ?, 'go', ?)",
+                (seq, run_id, step, timestamp(T0)),
+            )
+        # The newest record was applied: the counter stays at 10 with no row there.
+        conn.execute("DELETE FROM hephaestus_resumes WHERE seq = 10")
+
+
+async def test_a_version_1_database_is_carried_over(db_path: Path, make: Make) -> None:
+    early = TimerRecord(step="wait", event="late", fire_at=T0 + timedelta(seconds=5))
+    odd = TimerRecord(step="wait", event="later", fire_at=T0 + timedelta(seconds=7.25))
+    parked = attrs.evolve(
+        _parked(make(run_id="r1", unique_key=KEY)),
+        timers=(odd, early),
+        updated_at=T0 + timedelta(minutes=2),
+    )
+    running = make("orderid::b", run_id="r2", status=Status.RUNNING, updated_at=T0)
+    done = attrs.evolve(
+        make("orderid::c", run_id="r3", status=Status.COMPLETED, unique_key=KEY), timers=(early,)
+    )
+    resumes = [(3, "r1", "wait"), (5, "r1", "wait"), (6, "r1", "other"), (7, "r3", "wait")]
+    _v1_database(db_path, [parked, running, done], resumes)
+
+    async with SQLiteStorage(db_path) as storage:
+        wakeups = await storage.wakeups("r1")
+        assert [(w.seq, w.kind, w.step, w.event) for w in wakeups] == [
+            (3, WakeupKind.RESUME, "wait", "go"),  # seq 5 was a second resume of a parked step
+            (6, WakeupKind.RESUME, "other", "go"),
+            (11, WakeupKind.TIMER, "wait", "later"),  # above every seq release 1 handed out
+            (12, WakeupKind.TIMER, "wait", "late"),
+        ]
+        assert [(w.due_at, w.created_at) for w in wakeups[:1]] == [(T0, T0)]
+        assert [w.due_at for w in wakeups[2:]] == [odd.fire_at, early.fire_at]
+        assert await storage.get("r1") == parked
+        assert await storage.get("r3") == attrs.evolve(done, timers=())
+        assert await storage.wakeups("r2") == await storage.wakeups("r3") == []
+        # Live runs are unowned and claimable at once, earliest update first.
+        assert await storage.next_wake("new", workflows=None) == T0
+        leases = await storage.claim(
+            "new", now=T0 + timedelta(minutes=5), ttl=30, workflows=None, limit=9
+        )
+        assert [(lease.run_id, lease.epoch) for lease in leases] == [("r2", 1), ("r1", 1)]
+        recorded = await storage.add_wakeup(_resume("r2"), now=T0)
+        assert recorded is not None
+        assert recorded.seq == 13
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+        documents = conn.execute("SELECT instance FROM hephaestus_runs").fetchall()
+        assert [json.loads(text)["timers"] for (text,) in documents] == [[], [], []]
+        with closing(sqlite3.connect(":memory:")) as fresh:
+            for statement in schema.schema_statements():
+                fresh.execute(statement)
+            assert _schema_objects(conn) == _schema_objects(fresh)
+
+
+async def test_an_empty_version_1_database_is_migrated(db_path: Path) -> None:
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        for statement in schema.split_statements(schema.SQL.migrations[0].text):
+            conn.execute(statement)
+        conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
+        conn.execute("PRAGMA user_version = 1")
+    async with SQLiteStorage(db_path) as storage:
+        assert await storage.query() == []
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION
+
+
 # -- crash durability --------------------------------------------------------------------
 
 _KILLED_WRITER = """
 import os, signal, sys
 from datetime import UTC, datetime
 import trio
-from hephaestus_trio import Instance, SQLiteStorage, Status
+from hephaestus_trio import Instance, SQLiteStorage
+from hephaestus_trio.storage._protocol import NewWakeup, WakeupKind
 
 async def main() -> None:
     storage = SQLiteStorage(sys.argv[1])
     await storage.open()
-    run = Instance.new("tests.Order", {"n": 1}, id="orderid::a1", run_id="r1")
-    await storage.put(run)
-    record = await storage.add_resume("r1", "wait", "go", datetime.now(UTC))
+    now = datetime.now(UTC)
+    run = Instance.new("tests.Order", {"n": 1}, id="orderid::a1", run_id="r1", now=now)
+    await storage.create(run, now=now)
+    wakeup = NewWakeup(run_id="r1", kind=WakeupKind.RESUME, step="wait", event="go", due_at=now)
+    record = await storage.add_wakeup(wakeup, now=now)
     print(record.seq, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -514,7 +1006,7 @@ trio.run(main)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+@POSIX
 async def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
     done = await trio.run_process(
         [sys.executable, "-c", _KILLED_WRITER, os.fspath(db_path)],
@@ -527,4 +1019,4 @@ async def test_acknowledged_writes_survive_sigkill(db_path: Path) -> None:
         run = await storage.get("r1")
         assert run is not None
         assert run.status is Status.PENDING
-        assert [r.seq for r in await storage.pending_resumes("r1")] == [seq]
+        assert [w.seq for w in await storage.wakeups("r1")] == [seq]

@@ -25,61 +25,52 @@ The design in five points (``docs/storage.md`` has the long form):
   owner's state. Uniqueness is the partial unique index
   ``hephaestus_runs_live_unique_key_v1``; its ``IntegrityError`` is
   translated here into ``UniqueViolation``.
-- **Changes from elsewhere are polled.** ``wait_for_change`` reads ``PRAGMA
-  data_version`` every ``poll_interval`` seconds; engine death is proved by
-  lock files (``_sqlite_engines.py``).
+- **Changes from elsewhere are polled.** ``wait_for_change`` reads the
+  writer's ``PRAGMA data_version`` (which other connections' commits move)
+  every ``poll_interval`` seconds; engine death is proved by lock files
+  (``_sqlite_engines.py``).
 
 Cancellation: a write cancelled before its batch reaches the worker thread
 never happens (it is taken out of the queue); once the batch is in the thread
 it runs to completion, like any commit whose reply was lost.
 
 The module is over the house's 400-line aim on purpose: the grouped commit
-and the protocol methods share the writer's state and one locking discipline,
-which reads best in one place. Opening and migrating the file is in
-``_sqlite_schema.py``, row conversions in ``_sqlite_rows.py``, engine lock
-files in ``_sqlite_engines.py``.
+and the twenty protocol methods share the writer's state and one locking
+discipline, which reads best in one place; each method is only its
+parameters, its call into the worker thread and its local bookkeeping. What
+runs in the worker threads (the statements of each method) is in
+``_sqlite_ops.py``, the parameters they take in ``_sqlite_rows.py``, opening
+and migrating the file in ``_sqlite_schema.py``, engine lock files in
+``_sqlite_engines.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import socket
 import sqlite3
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast, final
 
 import attrs
 import trio
 
-from .._errors import HephaestusError, LeaseLost, StorageError
+from .._errors import HephaestusError, StorageError
 from ..core._instance import Instance, Status, TimerRecord
-from ..core._serialization import loads
 from . import _sqlite_engines as engines
-from ._protocol import (
-    Lease,
-    NewWakeup,
-    UniqueViolation,
-    Wakeup,
-    WakeupGone,
-    WakeupKind,
-    WakeupRefused,
-    WorkflowKey,
-)
+from . import _sqlite_ops as ops
+from ._protocol import Lease, NewWakeup, Wakeup, WorkflowKey
 from ._query import normalize_filters
 from ._sqlite_rows import (
     expiry,
-    inserted,
     json_array,
     json_text,
     parse,
     run_row,
     timer_row,
-    wakeup_from_row,
     wakeup_row,
-    with_timers,
     workflows_param,
 )
 from ._sqlite_rows import timestamp as _timestamp
@@ -93,7 +84,6 @@ _Apply = Callable[[sqlite3.Connection], object]
 # Errors a write raises on purpose: they roll back its savepoint only and are
 # that caller's answer (an sqlite3.Error becomes a StorageError first).
 _WRITE_ERRORS = (HephaestusError, sqlite3.Error, ValueError)
-_LIVE = frozenset(s.value for s in Status if s.is_live)
 # Writes per transaction: enough to amortise the fsync, small enough that one
 # flush never holds the write lock (or memory) for long.
 _MAX_BATCH = 500
@@ -208,7 +198,7 @@ class SQLiteStorage:
                 return
             await trio.to_thread.run_sync(self._connect, limiter=self._write_limiter)
             self._is_open = self._was_opened = True
-            self._data_version = await self._read(_data_version)
+            self._data_version = await self._foreign_commits()
 
     async def close(self) -> None:
         """Commit every queued write, then disconnect. Idempotent; ``open`` again works."""
@@ -230,6 +220,9 @@ class SQLiteStorage:
                 for fd in locks.values():
                     if fd is not None:
                         os.close(fd)
+                # Waiters in wait_for_change wake up and find the storage closed.
+                changed, self._changed = self._changed, trio.Event()
+                changed.set()
             finally:
                 # Cancelled before disconnecting: the storage stays usable.
                 self._is_open = self._writer is not None
@@ -383,15 +376,7 @@ class SQLiteStorage:
     # -- runs --------------------------------------------------------------------
 
     async def get(self, run_id: str) -> Instance | None:
-        def query(conn: sqlite3.Connection) -> Instance | None:
-            with _snapshot(conn):
-                row = conn.execute(_Q["get_run"], {"run_id": run_id}).fetchone()
-                if row is None:
-                    return None
-                timers = conn.execute(_Q["timers_of_run"], {"run_id": run_id}).fetchall()
-            return with_timers(loads(row[0]), timers)
-
-        return await self._read(query)
+        return await self._read(lambda conn: ops.get(conn, run_id))
 
     async def query(
         self,
@@ -421,20 +406,7 @@ class SQLiteStorage:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " " + _Q["order_runs"]
-
-        def query(conn: sqlite3.Connection) -> list[Instance]:
-            with _snapshot(conn):
-                rows = conn.execute(sql, params).fetchall()
-                timers: dict[str, list[tuple[str, str, str]]] = {}
-                if rows:
-                    ids = json_array(run_id for run_id, _ in rows)
-                    for run_id, step, event, due_at in conn.execute(
-                        _Q["timers_of_runs"], {"run_ids": ids}
-                    ):
-                        timers.setdefault(run_id, []).append((step, event, due_at))
-            return [with_timers(loads(text), timers.get(run_id, ())) for run_id, text in rows]
-
-        return await self._read(query)
+        return await self._read(lambda conn: ops.query(conn, sql, params))
 
     async def create(
         self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
@@ -452,20 +424,7 @@ class SQLiteStorage:
             "now": stamp,
         }
         timers = [timer_row(run_id, timer, stamp) for timer in instance.timers]
-
-        def apply(conn: sqlite3.Connection) -> None:
-            if conn.execute(_Q["run_exists"], {"run_id": run_id}).fetchone() is not None:
-                raise ValueError(f"a run with run_id {run_id!r} exists already")
-            try:
-                conn.execute(_Q["insert_run"], row)
-            except sqlite3.IntegrityError as exc:
-                violation = _unique_violation(conn, instance)
-                if violation is None:
-                    raise
-                raise violation from exc
-            conn.executemany(_Q["insert_wakeup"], timers)
-
-        await self._submit(apply)
+        await self._submit(lambda conn: ops.create(conn, instance, row, timers))
         if owner is None or expires is None:
             self._bump()
             return None
@@ -483,59 +442,27 @@ class SQLiteStorage:
         run_id, stamp = lease.run_id, _timestamp(now)
         if instance.run_id != run_id:
             raise ValueError(f"lease of {run_id!r} cannot write run {instance.run_id!r}")
-        terminal = instance.status.is_terminal
         row = run_row(instance) | {
             "owner": lease.owner,
             "epoch": lease.epoch,
-            "terminal": int(terminal),
+            "terminal": int(instance.status.is_terminal),
             "now": stamp,
         }
-        waiting = instance.waiting_steps
-        timers = [
-            timer_row(run_id, timer, stamp)
-            for timer in add_timers
-            if not terminal and timer.step in waiting
-        ]
-        stale = {"run_id": run_id, "waiting": json_array(sorted(waiting))}
-
-        def apply(conn: sqlite3.Connection) -> list[Wakeup]:
-            try:
-                written = conn.execute(_Q["write_run"], row).rowcount
-            except sqlite3.IntegrityError as exc:
-                violation = _unique_violation(conn, instance)
-                if violation is None:
-                    raise
-                raise violation from exc
-            if written != 1:
-                raise LeaseLost(run_id, lease.owner, lease.epoch)
-            for seq in consume:
-                gone = {"seq": seq, "run_id": run_id}
-                if conn.execute(_Q["consume_wakeup"], gone).rowcount != 1:
-                    raise WakeupGone(run_id, seq)
-            if terminal:
-                conn.execute(_Q["delete_run_wakeups"], {"run_id": run_id})
-                return []
-            conn.execute(_Q["drop_stale_timers"], stale)
-            return [_insert_wakeup(conn, timer) for timer in timers]
-
-        return await self._submit(apply)
+        timers = [timer_row(run_id, timer, stamp) for timer in add_timers]
+        waiting = json_array(sorted(instance.waiting_steps))
+        consumed = list(consume)
+        return await self._submit(
+            lambda conn: ops.write(
+                conn, lease, instance, row, consume=consumed, timers=timers, waiting=waiting
+            )
+        )
 
     async def delete(self, run_id: str) -> None:
-        def apply(conn: sqlite3.Connection) -> None:
-            for name in ("delete_run_wakeups", "delete_run_dedup", "delete_run"):
-                conn.execute(_Q[name], {"run_id": run_id})
-
-        await self._submit(apply)
+        await self._submit(lambda conn: ops.delete(conn, run_id))
 
     async def purge(self, older_than: datetime) -> int:
         cutoff = {"older_than": _timestamp(older_than)}
-
-        def apply(conn: sqlite3.Connection) -> int:
-            conn.execute(_Q["purge_wakeups"], cutoff)
-            conn.execute(_Q["purge_dedup"], cutoff)
-            return int(conn.execute(_Q["purge_runs"], cutoff).rowcount)
-
-        return await self._submit(apply)
+        return await self._submit(lambda conn: ops.purge(conn, cutoff))
 
     # -- leases ------------------------------------------------------------------
 
@@ -549,10 +476,11 @@ class SQLiteStorage:
         limit: int,
         run_ids: Collection[str] | None = None,
     ) -> list[Lease]:
+        expires = expiry(now, ttl)
         params = {
             "owner": owner,
             "now": _timestamp(now),
-            "expires_at": _timestamp(expiry(now, ttl)),
+            "expires_at": _timestamp(expires),
             "workflows": workflows_param(workflows),
             "run_ids": None if run_ids is None else json_array(sorted(run_ids)),
             "limit": limit,
@@ -561,15 +489,11 @@ class SQLiteStorage:
             self._check_open()
             await trio.lowlevel.checkpoint()
             return []
-
-        def apply(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(_Q["claim"], params).fetchall()
-
-        rows = await self._submit(apply)
-        rows.sort(key=lambda row: (row[3], row[4], row[0]))  # wake_at, created_at, run_id
+        among = run_ids is not None
+        claimed = await self._submit(lambda conn: ops.claim(conn, params, among=among))
         return [
-            Lease(run_id=run_id, owner=owner, epoch=epoch, expires_at=parse(expires_at))
-            for run_id, epoch, expires_at, _, _ in rows
+            Lease(run_id=run_id, owner=owner, epoch=epoch + 1, expires_at=expires)
+            for run_id, epoch in claimed
         ]
 
     async def renew(
@@ -586,11 +510,7 @@ class SQLiteStorage:
             self._check_open()
             await trio.lowlevel.checkpoint()
             return []
-
-        def apply(conn: sqlite3.Connection) -> set[tuple[str, int]]:
-            return {(run_id, epoch) for run_id, epoch, _ in conn.execute(_Q["renew"], params)}
-
-        renewed = await self._submit(apply)
+        renewed = await self._submit(lambda conn: ops.renew(conn, params))
         return [
             attrs.evolve(lease, expires_at=expires)
             for lease in held
@@ -608,25 +528,13 @@ class SQLiteStorage:
             "wake_at": None if wake_at is None else _timestamp(wake_at),
         }
         stamp = _timestamp(now)
-
-        def apply(conn: sqlite3.Connection) -> bool:
-            woke = bool(conn.execute(_Q["wakeup_above"], params).fetchone()[0])
-            released = (params | {"wake_at": stamp}) if woke else params
-            if conn.execute(_Q["release"], released).rowcount != 1:
-                raise LeaseLost(lease.run_id, lease.owner, lease.epoch)
-            return woke
-
-        woke = await self._submit(apply)
+        woke = await self._submit(lambda conn: ops.release(conn, lease, params, stamp))
         self._bump()
         return woke
 
     async def release_all(self, owner: str, *, now: datetime) -> int:
         params = {"owner": owner, "now": _timestamp(now)}
-
-        def apply(conn: sqlite3.Connection) -> int:
-            return int(conn.execute(_Q["release_all"], params).rowcount)
-
-        count = await self._submit(apply)
+        count = await self._submit(lambda conn: ops.release_all(conn, params))
         self._bump()
         return count
 
@@ -634,12 +542,7 @@ class SQLiteStorage:
         self, owner: str, *, workflows: Collection[WorkflowKey] | None
     ) -> datetime | None:
         params = {"owner": owner, "workflows": workflows_param(workflows)}
-
-        def query(conn: sqlite3.Connection) -> str | None:
-            value: str | None = conn.execute(_Q["next_wake"], params).fetchone()[0]
-            return value
-
-        earliest = await self._read(query)
+        earliest = await self._read(lambda conn: ops.next_wake(conn, params))
         return None if earliest is None else parse(earliest)
 
     # -- engines -----------------------------------------------------------------
@@ -662,16 +565,15 @@ class SQLiteStorage:
             fd = await trio.to_thread.run_sync(engines.take_lock, self._path, engine_id)
             self._engine_locks[engine_id] = fd
         try:
-            await self._submit(lambda conn: conn.execute(_Q["register_engine"], row))
+            await self._submit(lambda conn: ops.register_engine(conn, row))
         except BaseException:
             fd = self._engine_locks.pop(engine_id, None)
             engines.close_lock(fd, self._path, engine_id, unlink=True)
             raise
 
     async def unregister_engine(self, engine_id: str) -> None:
-        params = {"engine_id": engine_id}
         # The row first, then the lock: an engine is never seen dead while registered.
-        await self._submit(lambda conn: conn.execute(_Q["unregister_engine"], params))
+        await self._submit(lambda conn: ops.unregister_engine(conn, engine_id))
         if engine_id in self._engine_locks:
             fd = self._engine_locks.pop(engine_id)
             await trio.to_thread.run_sync(
@@ -680,11 +582,7 @@ class SQLiteStorage:
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         stamp = _timestamp(now)
-
-        def query(conn: sqlite3.Connection) -> list[str]:
-            return [engine_id for (engine_id,) in conn.execute(_Q["engine_ids"])]
-
-        others = [e for e in await self._read(query) if e not in self._engine_locks]
+        others = [e for e in await self._read(ops.engine_ids) if e not in self._engine_locks]
         if engines.fcntl is None or not others:
             return []
 
@@ -695,15 +593,10 @@ class SQLiteStorage:
         dead = await trio.to_thread.run_sync(probe_all)
         try:
             if dead:
-
-                def apply(conn: sqlite3.Connection) -> None:
-                    for engine_id in dead:
-                        conn.execute(_Q["expire_owner"], {"owner": engine_id, "now": stamp})
-                        conn.execute(_Q["unregister_engine"], {"engine_id": engine_id})
-
-                await self._submit(apply)
+                await self._submit(lambda conn: ops.expire_engines(conn, list(dead), stamp))
                 self._bump()
         finally:
+            # Still holding each lock, remove the file; closing releases the lock.
             for engine_id, fd in dead.items():
                 engines.close_lock(fd, self._path, engine_id, unlink=True)
         return sorted(dead)
@@ -714,35 +607,7 @@ class SQLiteStorage:
         self, wakeup: NewWakeup, *, now: datetime, max_pending: int | None = None
     ) -> Wakeup | None:
         row = wakeup_row(wakeup, _timestamp(now))
-        run_id, kind = wakeup.run_id, wakeup.kind
-        key = {"run_id": run_id, "dedup_key": wakeup.dedup_key}
-
-        def apply(conn: sqlite3.Connection) -> Wakeup | None:
-            found = conn.execute(_Q["run_status"], {"run_id": run_id}).fetchone()
-            if found is None:
-                raise WakeupRefused(run_id, "not_live", "missing")
-            if found[0] not in _LIVE:
-                raise WakeupRefused(run_id, "not_live", found[0])
-            if kind is WakeupKind.RESUME:
-                if wakeup.dedup_key is not None and conn.execute(_Q["dedup_seen"], key).fetchone():
-                    return None
-                pending = {"run_id": run_id, "step": wakeup.step}
-                if conn.execute(_Q["pending_resume"], pending).fetchone() is not None:
-                    raise WakeupRefused(run_id, "step_pending")
-                if max_pending is not None:
-                    count = conn.execute(_Q["count_resumes"], {"run_id": run_id}).fetchone()[0]
-                    if count >= max_pending:
-                        raise WakeupRefused(run_id, "full")
-            elif kind is WakeupKind.CANCEL:
-                if conn.execute(_Q["pending_cancel"], {"run_id": run_id}).fetchone() is not None:
-                    return None
-            recorded = _insert_wakeup(conn, row)
-            if kind is WakeupKind.RESUME and wakeup.dedup_key is not None:
-                conn.execute(_Q["record_dedup"], key)
-            conn.execute(_Q["wake_by"], {"run_id": run_id, "due_at": row["due_at"]})
-            return recorded
-
-        recorded = await self._submit(apply)
+        recorded = await self._submit(lambda conn: ops.add_wakeup(conn, wakeup, row, max_pending))
         if recorded is not None:
             self._bump()
         return recorded
@@ -756,27 +621,13 @@ class SQLiteStorage:
         return await self._read(query)
 
     async def wakeups(self, run_id: str) -> list[Wakeup]:
-        def query(conn: sqlite3.Connection) -> list[Wakeup]:
-            rows = conn.execute(_Q["wakeups_of_run"], {"run_id": run_id}).fetchall()
-            return [wakeup_from_row(row) for row in rows]
-
-        return await self._read(query)
+        return await self._read(lambda conn: ops.wakeups(conn, run_id))
 
     async def cancel_timer(self, run_id: str, seq: int) -> bool:
-        params = {"run_id": run_id, "seq": seq}
-
-        def apply(conn: sqlite3.Connection) -> bool:
-            return bool(conn.execute(_Q["cancel_timer"], params).rowcount == 1)
-
-        return await self._submit(apply)
+        return await self._submit(lambda conn: ops.cancel_timer(conn, run_id, seq))
 
     async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
-        params = {"owner": owner, "after": after}
-
-        def query(conn: sqlite3.Connection) -> list[tuple[str, int]]:
-            return [(run_id, seq) for run_id, seq in conn.execute(_Q["owned_wakeups"], params)]
-
-        return await self._read(query)
+        return await self._read(lambda conn: ops.owned_wakeups(conn, owner, after))
 
     async def wait_for_change(self, seen: int) -> int:
         self._check_open()
@@ -784,48 +635,37 @@ class SQLiteStorage:
         while self._changes == seen:
             with trio.move_on_after(self._poll_interval):
                 await self._changed.wait()
+            self._check_open()
             if self._changes == seen:
-                version = await self._read(_data_version)
+                version = await self._foreign_commits()
                 if version != self._data_version:
                     self._data_version = version
                     self._bump()
         return self._changes
+
+    async def _foreign_commits(self) -> int:
+        """``PRAGMA data_version`` of the writer: it moves for every *other* connection's commit.
+
+        Read on the writer (behind the write limiter, between batches) because
+        a connection's own commits leave its ``data_version`` alone: the
+        reader's would move for this object's own writes too, waking its
+        engine for nothing at every poll.
+        """
+        self._check_open()
+
+        def poll() -> int:
+            conn = self._writer
+            if conn is None:
+                raise self._not_open()
+            try:
+                return ops.data_version(conn)
+            except sqlite3.Error as exc:
+                raise self._error("read failed", exc) from exc
+
+        return await trio.to_thread.run_sync(poll, limiter=self._write_limiter)
 
     def _bump(self) -> None:
         """A local change that may give some engine work: wake ``wait_for_change``."""
         self._changes += 1
         changed, self._changed = self._changed, trio.Event()
         changed.set()
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    """Moves whenever another connection (of any process) committed to the file."""
-    return int(conn.execute(_Q["data_version"]).fetchone()[0])
-
-
-@contextlib.contextmanager
-def _snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """Run several reads in one read transaction, so they see one committed state."""
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
-
-
-def _insert_wakeup(conn: sqlite3.Connection, row: Mapping[str, Any]) -> Wakeup:
-    seq = conn.execute(_Q["insert_wakeup"], row).lastrowid
-    assert seq is not None
-    return inserted(seq, row)
-
-
-def _unique_violation(conn: sqlite3.Connection, instance: Instance) -> UniqueViolation | None:
-    """The ``UniqueViolation`` an ``IntegrityError`` writing ``instance`` means, if any."""
-    key = instance.unique_key
-    if key is None or not instance.status.is_live:
-        return None
-    holder = conn.execute(_Q["live_holder"], {"unique_key": key}).fetchone()
-    if holder is None or holder[0] == instance.run_id:
-        return None
-    return UniqueViolation(key, holder[0], holder[1])

@@ -20,20 +20,26 @@ VALUES
      :instance, :owner, :lease_epoch, :lease_expires_at, :now);
 
 -- write_run --
--- The fenced write: replace a live run's state only under the stored lease.
--- A terminal state ends the lease and stops the run needing a driver.
+-- The fenced write: replace a live run's state only under the stored lease
+-- (and with the unique_key create gave it). A terminal state ends the lease
+-- and stops the run needing a driver.
 UPDATE hephaestus_runs SET
     id = :id,
     workflow = :workflow,
     workflow_version = :workflow_version,
     status = :status,
-    unique_key = :unique_key,
     created_at = :created_at,
     updated_at = :updated_at,
     instance = :instance,
     owner = CASE WHEN :terminal THEN NULL ELSE owner END,
     lease_expires_at = CASE WHEN :terminal THEN NULL ELSE lease_expires_at END,
     wake_at = CASE WHEN :terminal THEN NULL ELSE :now END
+WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
+    AND status IN ('pending', 'running', 'waiting') AND unique_key IS :unique_key;
+
+-- held_key --
+-- After write_run changed nothing: the stored unique_key if the lease is held.
+SELECT unique_key FROM hephaestus_runs
 WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
     AND status IN ('pending', 'running', 'waiting');
 
@@ -98,27 +104,41 @@ DELETE FROM hephaestus_resume_dedup WHERE run_id IN (
 DELETE FROM hephaestus_runs
 WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at < :older_than;
 
--- claim --
--- Lease up to :limit runs that need a driver and are free, earliest wake first.
--- :workflows is a JSON array of [name, version] pairs, or NULL for any;
--- :run_ids a JSON array of run_ids, or NULL for any.
+-- claimable --
+-- Up to :limit runs that need a driver and are free, earliest claimable first.
+-- It walks hephaestus_runs_claimable_idx (INDEXED BY: the planner would pick
+-- the status index, which is no good here); the CASE is the index's
+-- expression, spelled the same. :workflows is a JSON array of
+-- [name, version] pairs, or NULL for any.
+SELECT run_id, lease_epoch FROM hephaestus_runs INDEXED BY hephaestus_runs_claimable_idx
+WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL
+    AND (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END) <= :now
+    AND (:workflows IS NULL OR (workflow, workflow_version) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+        FROM json_each(:workflows)))
+ORDER BY (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END), created_at, run_id
+LIMIT :limit;
+
+-- claimable_among --
+-- claimable, among the runs of :run_ids (a JSON array) only, looked up by primary key
+-- (CROSS JOIN: SQLite keeps json_each as the outer loop).
+SELECT run_id, lease_epoch FROM json_each(:run_ids) AS wanted
+CROSS JOIN hephaestus_runs ON hephaestus_runs.run_id = wanted.value
+WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL
+    AND (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END) <= :now
+    AND (:workflows IS NULL OR (workflow, workflow_version) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
+        FROM json_each(:workflows)))
+ORDER BY (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END), created_at, run_id
+LIMIT :limit;
+
+-- take_leases --
+-- Lease the runs claimable found (:run_ids, a JSON array), bumping each epoch.
 UPDATE hephaestus_runs SET
     owner = :owner,
     lease_epoch = lease_epoch + 1,
     lease_expires_at = :expires_at
-WHERE run_id IN (
-    SELECT run_id FROM hephaestus_runs
-    WHERE status IN ('pending', 'running', 'waiting')
-        AND wake_at IS NOT NULL AND wake_at <= :now
-        AND (owner IS NULL OR lease_expires_at <= :now)
-        AND (:workflows IS NULL OR (workflow, workflow_version) IN (
-            SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-            FROM json_each(:workflows)))
-        AND (:run_ids IS NULL OR run_id IN (SELECT value FROM json_each(:run_ids)))
-    ORDER BY wake_at, created_at, run_id
-    LIMIT :limit
-)
-RETURNING run_id, lease_epoch, lease_expires_at, wake_at, created_at;
+WHERE run_id IN (SELECT value FROM json_each(:run_ids));
 
 -- renew --
 -- Extend the leases still held exactly as given (:leases: JSON [[run_id, epoch], ...]).
@@ -145,14 +165,15 @@ UPDATE hephaestus_runs SET owner = NULL, lease_expires_at = NULL, wake_at = :now
 WHERE owner = :owner AND status IN ('pending', 'running', 'waiting');
 
 -- next_wake --
--- Earliest time a live run not held by :owner may become claimable (NULL: none).
-SELECT MIN(CASE WHEN owner IS NULL THEN wake_at ELSE MAX(wake_at, lease_expires_at) END)
-FROM hephaestus_runs
+-- Earliest time a live run not held by :owner may become claimable (no row: none).
+SELECT (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END) FROM hephaestus_runs INDEXED BY hephaestus_runs_claimable_idx
 WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL
     AND (owner IS NULL OR owner != :owner)
     AND (:workflows IS NULL OR (workflow, workflow_version) IN (
         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]')
-        FROM json_each(:workflows)));
+        FROM json_each(:workflows)))
+ORDER BY (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END)
+LIMIT 1;
 
 -- expire_owner --
 -- A dead engine's leases lapse now, so its live runs are claimable at once.

@@ -55,9 +55,16 @@ CREATE INDEX hephaestus_runs_terminal_updated_idx
     ON hephaestus_runs (updated_at)
     WHERE status IN ('completed', 'failed', 'cancelled');
 
--- claim() and next_wake(): live runs that will need a driver, by due time.
-CREATE INDEX hephaestus_runs_wake_idx
-    ON hephaestus_runs (wake_at, created_at, run_id)
+-- claim() and next_wake(): live runs that will need a driver, by the time they
+-- become claimable: wake_at when unowned, else not before the lease lapses.
+-- Owned runs sort at their lease's end, so a claim never scans the runs
+-- other engines are driving.
+CREATE INDEX hephaestus_runs_claimable_idx
+    ON hephaestus_runs (
+        (CASE WHEN owner IS NULL THEN wake_at ELSE max(wake_at, lease_expires_at) END),
+        created_at,
+        run_id
+    )
     WHERE status IN ('pending', 'running', 'waiting') AND wake_at IS NOT NULL;
 
 -- release_all(), owned_wakeups() and reap_engines(): the runs an engine holds.
