@@ -47,9 +47,13 @@ def _reset() -> None:
 
 
 @pytest.fixture(params=["memory", "sqlite"])
-def storage(request, tmp_path):
+def storage(request, tmp_path, mock_clock):
+    """Each backend, with virtual time. SQLite does real I/O in worker threads, so
+    its clock jumps only after 50 ms of real idleness (never while a write runs)."""
     if request.param == "memory":
+        mock_clock.autojump_threshold = 0
         return MemoryStorage()
+    mock_clock.autojump_threshold = 0.05
     return SQLiteStorage(tmp_path / "shared.db")
 
 
@@ -136,7 +140,9 @@ async def test_each_run_is_driven_by_exactly_one_of_two_engines(autojump_clock):
         open_engine(storage, [SlowFlow], wall_clock=CLOCK, handlers=[watch]) as a,
         open_engine(storage, [SlowFlow], wall_clock=CLOCK, handlers=[watch]) as b,
     ):
-        ids = [await (a if n % 2 else b).start_instance(SlowFlow, id=f"slow::{n}") for n in range(10)]
+        ids = [
+            await (a if n % 2 else b).start_instance(SlowFlow, id=f"slow::{n}") for n in range(10)
+        ]
         finals = [await a.wait(i) for i in ids]
     assert all(f.status is Status.COMPLETED for f in finals)
     # quick, slow, done: three step starts per run, whichever engine drove it.
@@ -320,7 +326,7 @@ async def test_payload_must_be_json_safe(autojump_clock):
 # -- cancel ------------------------------------------------------------------------------
 
 
-async def test_cancel_racing_the_last_step_emits_stop_exactly_once(autojump_clock, storage):
+async def test_cancel_racing_the_last_step_emits_stop_exactly_once(storage, mock_clock):
     stops: Counter[str] = Counter()
     statuses: dict[str, str] = {}
 
@@ -369,7 +375,7 @@ async def test_cancel_through_another_engine_stops_the_owners_running_step(autoj
 # -- timers are data ------------------------------------------------------------------------
 
 
-async def test_a_run_parked_on_a_long_timer_hibernates_and_fires_on_time(autojump_clock, storage):
+async def test_a_run_parked_on_a_long_timer_hibernates_and_fires_on_time(storage, mock_clock):
     async with open_engine(storage, [Sleepy], wall_clock=CLOCK) as engine:
         iid = await engine.start_instance(Sleepy, id="sleepy::week")
         await trio.sleep(2)
@@ -395,7 +401,7 @@ class Holding(Workflow, unique=Unique(key="holding")):
     transitions = {(Quick, "done"): Hold, (Hold, "timeout"): Done, (Hold, "go"): Done}
 
 
-async def test_timer_handle_state_follows_the_storage(autojump_clock, storage):
+async def test_timer_handle_state_follows_the_storage(storage, mock_clock):
     async with open_engine(storage, [Holding], wall_clock=CLOCK) as engine:
         fired_id = await engine.start_instance(Holding, id="holding::fires")
         cancelled_id = await engine.start_instance(Holding, id="holding::cancelled")

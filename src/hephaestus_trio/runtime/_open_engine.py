@@ -73,10 +73,6 @@ __all__ = ["Engine", "open_engine"]
 
 logger = logging.getLogger("hephaestus_trio.runtime")
 
-_FOREIGN_POLL_FIRST = 0.05
-_FOREIGN_POLL_MAX = 1.0
-"""Reads while waiting for a run no local task drives back off up to this (seconds)."""
-
 
 def _register(registry: dict[str, type[Workflow]], workflow: type[Workflow]) -> None:
     if not (isinstance(workflow, type) and issubclass(workflow, Workflow)):
@@ -135,7 +131,9 @@ class Engine:
         self._workflows: dict[str, type[Workflow]] = dict(registry)
         self._keys: frozenset[WorkflowKey] | None = None
         self._runs: dict[str, RunEntry] = {}
-        self._terminal: dict[str, trio.Event] = {}
+        # Shared by every engine of this process on the same storage object, so
+        # a wait() in one engine hears of a run another one drives here.
+        self._terminal = _signals.setdefault(storage, {})
         self._claim_doorbell = trio.Event()
         self._owning = trio.Event()
         self._seen_wakeup = 0
@@ -497,7 +495,8 @@ class Engine:
         """Wait until the run of ``id`` is completed, failed or cancelled; return it.
 
         A run this engine drives is announced (``workflow.stop``) before this
-        returns; a run another engine drives is re-read at least once a second.
+        returns. A run another engine drives is re-read when the storage reports a
+        change (another process's commit is noticed within its poll interval).
 
         Raises:
             InstanceNotFound, AmbiguousInstance: as for ``get``.
@@ -511,7 +510,7 @@ class Engine:
         return await self._wait_run(live.run_id, timeout)
 
     async def _wait_run(self, run_id: str, timeout: float | None) -> Instance:
-        poll = _FOREIGN_POLL_FIRST
+        seen = -1
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
                 signal = self._terminal.get(run_id)
@@ -525,13 +524,11 @@ class Engine:
                     return current
                 if driven_here:
                     await signal.wait()
-                    poll = _FOREIGN_POLL_FIRST
                 else:
-                    # Hibernating, or driven by another engine: re-read with a
-                    # backoff; a local claim of the run sets the signal at once.
-                    with trio.move_on_after(poll):
-                        await signal.wait()
-                    poll = min(poll * 2, _FOREIGN_POLL_MAX)
+                    # Hibernating, or driven by another engine: an engine of this
+                    # process that claims it or ends it sets the signal; another
+                    # process's commits show as a storage change.
+                    seen = await _first_of(signal, self.storage, seen)
                 if self._terminal.get(run_id) is signal and signal.is_set():
                     del self._terminal[run_id]
 
@@ -707,6 +704,28 @@ async def _running(
         engine._closed = True
         nursery.cancel_scope.cancel()
 
+
+async def _first_of(signal: trio.Event, storage: Storage, seen: int) -> int:
+    """Wait until ``signal`` is set or the storage reports a change; the change counter."""
+    result = seen
+    async with trio.open_nursery() as nursery:
+
+        async def on_signal() -> None:
+            await signal.wait()
+            nursery.cancel_scope.cancel()
+
+        async def on_change() -> None:
+            nonlocal result
+            result = await storage.wait_for_change(seen)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(on_signal)
+        nursery.start_soon(on_change)
+    return result
+
+
+_signals: weakref.WeakKeyDictionary[Storage, dict[str, trio.Event]] = weakref.WeakKeyDictionary()
+"""Per storage object: run id -> event set when an engine here claims or ends the run."""
 
 _users: weakref.WeakKeyDictionary[Storage, int] = weakref.WeakKeyDictionary()
 """Engines of this process using each storage object (engines may share one)."""

@@ -50,6 +50,7 @@ import enum
 import os
 import socket
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar, cast, final
@@ -166,6 +167,8 @@ class SQLiteStorage:
         # PRAGMA data_version (a commit of another connection).
         self._changes = 0
         self._changed = trio.Event()
+        self._bell = threading.Event()
+        self._doze_limiter = trio.CapacityLimiter(1)
         self._data_version: int | None = None
         # Lock files of the engines registered through this object (fd or None).
         self._engine_locks: dict[str, int | None] = {}
@@ -223,6 +226,7 @@ class SQLiteStorage:
                 # Waiters in wait_for_change wake up and find the storage closed.
                 changed, self._changed = self._changed, trio.Event()
                 changed.set()
+                self._bell.set()
             finally:
                 # Cancelled before disconnecting: the storage stays usable.
                 self._is_open = self._writer is not None
@@ -633,8 +637,17 @@ class SQLiteStorage:
         self._check_open()
         await trio.lowlevel.checkpoint()
         while self._changes == seen:
-            with trio.move_on_after(self._poll_interval):
-                await self._changed.wait()
+            # Doze on the real clock, in a worker thread, not on Trio's: polling
+            # for other processes must make no Trio deadline, or a test's virtual
+            # clock would crawl through a week-long timer in half-second steps.
+            # A local change rings the bell and ends the doze at once.
+            bell = self._bell
+            await trio.to_thread.run_sync(
+                bell.wait,
+                self._poll_interval,
+                limiter=self._doze_limiter,
+                abandon_on_cancel=True,
+            )
             self._check_open()
             if self._changes == seen:
                 version = await self._foreign_commits()
@@ -669,3 +682,5 @@ class SQLiteStorage:
         self._changes += 1
         changed, self._changed = self._changed, trio.Event()
         changed.set()
+        bell, self._bell = self._bell, threading.Event()
+        bell.set()
