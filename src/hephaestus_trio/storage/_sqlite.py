@@ -52,7 +52,7 @@ import socket
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar, cast, final
 
 import attrs
@@ -80,6 +80,8 @@ from ._sqlite_schema import SQL, check_header, prepare
 __all__ = ["SQLiteStorage"]
 
 _T = TypeVar("_T")
+_LONG_AGO = datetime(1970, 1, 1, tzinfo=UTC)
+"""Lease expiry given to a dead engine's runs found while polling: expired for any ``now``."""
 _Q = SQL.queries
 _Apply = Callable[[sqlite3.Connection], object]
 # Errors a write raises on purpose: they roll back its savepoint only and are
@@ -649,6 +651,10 @@ class SQLiteStorage:
                 abandon_on_cancel=True,
             )
             self._check_open()
+            if self._changes == seen and self._engine_locks:
+                # An engine runs on this object: a peer that died (its lock file
+                # is free) gives it work now, not when the leases run out.
+                await self.reap_engines(now=_LONG_AGO)
             if self._changes == seen:
                 version = await self._foreign_commits()
                 if version != self._data_version:
