@@ -303,3 +303,25 @@ async def test_two_engine_processes_the_cli_and_sigkill(setup: Setup) -> None:
     for id, inst in final.items():
         for step in inst.completed_steps & set(factors):
             assert count[(id, step)] >= 1, f"{id}: {step} never ran"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="an engine that owns no run never reaps: renew_loop waits for a run of its own "
+    "and the claim loop sleeps until the dead engine's leases lapse (the full TTL)",
+)
+async def test_an_idle_survivor_takes_over_a_dead_engines_runs_promptly(setup: Setup) -> None:
+    """The survivor here owns nothing when its peer dies (every run of its own hibernates)."""
+    setup.start("a")
+    await setup.wait_for(["ready-a"])
+    app.configure(setup.side, setup.markers, role="survivor")
+    async with open_engine(
+        app.engine_storage(setup.db), workflows=app.WORKFLOWS, lease_renewal=app.LEASE_RENEWAL
+    ) as engine:
+        assert engine.live_tasks == 0
+        killed_at = setup.kill("a")
+        with trio.move_on_after(PROMPT):
+            while not setup.executions("held::a", "hold", os.getpid()):
+                await trio.sleep(0.02)
+        [rerun] = setup.executions("held::a", "hold", os.getpid())
+        assert rerun.at - killed_at < PROMPT
