@@ -213,7 +213,7 @@ def read_live_documents(path: str) -> int:
             "SELECT instance FROM hephaestus_runs WHERE status IN ('pending', 'running', 'waiting')"
         ).fetchall()
         documents = [json.loads(text) for (text,) in rows]
-        conn.execute("SELECT seq FROM hephaestus_resumes").fetchall()
+        conn.execute("SELECT seq FROM hephaestus_wakeups").fetchall()
     finally:
         conn.close()
     return len(documents)

@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from hephaestus_trio import Instance, MemoryStorage, SQLiteStorage, Status, open_engine
+from hephaestus_trio.storage import WakeupKind
 
 from . import _crash_app as app
 
@@ -133,9 +134,17 @@ async def persisted(db: Path, runs: Iterable[app.Run]) -> dict[str, Instance]:
         return found
 
 
-async def pending_resumes(db: Path) -> list[tuple[str, str, str]]:
+async def pending_resumes(db: Path) -> list[tuple[str, str | None, str | None]]:
+    """``(run_id, step, event)`` of every unapplied resume wakeup in the file."""
     async with SQLiteStorage(db) as storage:
-        return [(r.run_id, r.step, r.event) for r in await storage.pending_resumes()]
+        found = []
+        for inst in await storage.query():
+            found += [
+                (w.run_id, w.step, w.event)
+                for w in await storage.wakeups(inst.run_id)
+                if w.kind is WakeupKind.RESUME
+            ]
+        return found
 
 
 async def restart(child: Child, *, resume: bool = False) -> dict[str, Instance]:
