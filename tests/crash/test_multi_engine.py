@@ -305,13 +305,9 @@ async def test_two_engine_processes_the_cli_and_sigkill(setup: Setup) -> None:
             assert count[(id, step)] >= 1, f"{id}: {step} never ran"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an engine that owns no run never reaps: renew_loop waits for a run of its own "
-    "and the claim loop sleeps until the dead engine's leases lapse (the full TTL)",
-)
 async def test_an_idle_survivor_takes_over_a_dead_engines_runs_promptly(setup: Setup) -> None:
-    """The survivor here owns nothing when its peer dies (every run of its own hibernates)."""
+    """The survivor here owns nothing when its peer dies (every run of its own hibernates):
+    its storage poll proves the peer dead and it takes over well before the lease TTL."""
     setup.start("a")
     await setup.wait_for(["ready-a"])
     app.configure(setup.side, setup.markers, role="survivor")
