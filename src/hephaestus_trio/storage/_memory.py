@@ -258,6 +258,15 @@ class MemoryStorage:
         run = self._runs.get(run_id)
         if run is None or not run.held_by(lease):
             raise LeaseLost(run_id, lease.owner, lease.epoch)
+        if (instance.id, instance.workflow, instance.workflow_version) != (
+            run.doc.id,
+            run.doc.workflow,
+            run.doc.workflow_version,
+        ):
+            raise ValueError(
+                f"run {run_id!r}: its id, workflow and version are fixed at create; "
+                "a write cannot change them"
+            )
         if instance.unique_key != run.doc.unique_key:
             raise ValueError(
                 f"run {run_id!r}: unique_key is fixed at create "
@@ -287,7 +296,8 @@ class MemoryStorage:
             if w.kind is WakeupKind.TIMER and w.step not in waiting
         ]:
             del run.wakeups[seq]
-        run.wake_at = now
+        # wake_at keeps the claim's value: once the lease lapses the run is
+        # claimable, whatever its owner last wrote.
         return self._add_timers(run, add_timers, now)
 
     def _unindex(self, doc: Instance) -> None:

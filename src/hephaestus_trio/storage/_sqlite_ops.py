@@ -131,13 +131,15 @@ def write(
 ) -> list[Wakeup]:
     """The fenced write and its wakeup changes (``waiting``: JSON array of parked steps)."""
     run_id = lease.run_id
-    if conn.execute(_Q["write_run"], row).rowcount != 1:
+    statement = "end_run" if instance.status.is_terminal else "write_run"
+    if conn.execute(_Q[statement], row).rowcount != 1:
         held = conn.execute(_Q["held_key"], row).fetchone()
         if held is None:
             raise LeaseLost(run_id, lease.owner, lease.epoch)
         raise ValueError(
-            f"run {run_id!r}: unique_key is fixed at create ({held[0]!r}), "
-            f"cannot become {instance.unique_key!r}"
+            f"run {run_id!r}: its identity is fixed at create (unique_key {held[0]!r}, "
+            f"id {held[1]!r}, workflow {held[2]!r} version {held[3]}); a write cannot "
+            "change it"
         )
     for seq in consume:
         if conn.execute(_Q["consume_wakeup"], {"seq": seq, "run_id": run_id}).rowcount != 1:

@@ -20,26 +20,35 @@ VALUES
      :instance, :owner, :lease_epoch, :lease_expires_at, :now);
 
 -- write_run --
--- The fenced write: replace a live run's state only under the stored lease
--- (and with the unique_key create gave it). A terminal state ends the lease
--- and stops the run needing a driver.
+-- The fenced write of a live state: only under the stored lease (and with the
+-- identity create gave it). Only the columns a transition changes are set, so
+-- the identity indexes and the claim index are left alone; wake_at keeps the
+-- claim's value (a run whose owner dies is claimable once the lease lapses).
 UPDATE hephaestus_runs SET
-    id = :id,
-    workflow = :workflow,
-    workflow_version = :workflow_version,
     status = :status,
-    created_at = :created_at,
+    updated_at = :updated_at,
+    instance = :instance
+WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
+    AND status IN ('pending', 'running', 'waiting') AND unique_key IS :unique_key
+    AND id = :id AND workflow = :workflow AND workflow_version = :workflow_version;
+
+-- end_run --
+-- The fenced write of a terminal state: it also ends the lease, and the run
+-- never needs a driver again.
+UPDATE hephaestus_runs SET
+    status = :status,
     updated_at = :updated_at,
     instance = :instance,
-    owner = CASE WHEN :terminal THEN NULL ELSE owner END,
-    lease_expires_at = CASE WHEN :terminal THEN NULL ELSE lease_expires_at END,
-    wake_at = CASE WHEN :terminal THEN NULL ELSE :now END
+    owner = NULL,
+    lease_expires_at = NULL,
+    wake_at = NULL
 WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
-    AND status IN ('pending', 'running', 'waiting') AND unique_key IS :unique_key;
+    AND status IN ('pending', 'running', 'waiting') AND unique_key IS :unique_key
+    AND id = :id AND workflow = :workflow AND workflow_version = :workflow_version;
 
 -- held_key --
--- After write_run changed nothing: the stored unique_key if the lease is held.
-SELECT unique_key FROM hephaestus_runs
+-- After a fenced write changed nothing: the stored identity if the lease is held.
+SELECT unique_key, id, workflow, workflow_version FROM hephaestus_runs
 WHERE run_id = :run_id AND owner = :owner AND lease_epoch = :epoch
     AND status IN ('pending', 'running', 'waiting');
 
