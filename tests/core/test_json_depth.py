@@ -1,4 +1,4 @@
-"""Deeply nested data: refused by the JSON-safety check with ``TypeError``, never ``RecursionError``.
+"""Deeply nested data: refused by the JSON-safety check with TypeError, never RecursionError.
 
 Randomized fault injection found contexts nested ~400 levels deep that passed
 the check and then crashed the save inside ``json.dumps``. The check now
