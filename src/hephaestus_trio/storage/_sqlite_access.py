@@ -15,6 +15,10 @@ Everything here is blocking and runs in a worker thread, like ``_sqlite_schema``
   locks and so does not see any concurrent writer. That is correct only
   because nobody can write the file; and it is refused when a non-empty
   ``-wal`` file lies beside it, since its commits would be silently skipped.
+  Where the directory is writable, SQLite creates the ``-wal`` and ``-shm``
+  files a WAL reader needs, and a read-only connection leaves them behind,
+  empty of commits; they are harmless, and the next read-write close removes
+  them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from ._sqlite_schema import SCHEMA_VERSION, inspect
 
 __all__ = [
     "SQLITE_READONLY",
+    "connect_read_only",
     "may_open_immutable",
     "open_cause",
     "open_error",
@@ -158,6 +163,33 @@ def may_open_immutable(path: str, exc: sqlite3.Error) -> bool:
     return not os.access(path, os.W_OK) and not _wal_has_commits(path)
 
 
+def connect_read_only(
+    path: str, connect: Callable[[bool], sqlite3.Connection]
+) -> tuple[sqlite3.Connection, bool]:
+    """One read-only connection to ``path`` (from ``connect(immutable)``), and ``immutable``.
+
+    ``connect(False)`` is tried first; ``connect(True)`` only when
+    ``may_open_immutable`` allows it. Raises the driver's error as is.
+    """
+    conn: sqlite3.Connection | None = None
+    try:
+        conn = connect(False)
+        probe(conn)
+        return conn, False
+    except sqlite3.Error as exc:
+        if conn is not None:
+            conn.close()
+        if not may_open_immutable(path, exc):
+            raise
+    conn = connect(True)
+    try:
+        probe(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn, True
+
+
 def open_read_only(
     path: str, connect: Callable[[bool], sqlite3.Connection]
 ) -> tuple[sqlite3.Connection, sqlite3.Connection, bool]:
@@ -172,21 +204,10 @@ def open_read_only(
     """
     if not os.path.isfile(path):
         raise open_error(path, "no such file", read_only=True)
-    immutable = False
     conns: list[sqlite3.Connection] = []
     try:
-        try:
-            conns.append(connect(immutable))
-            probe(conns[0])
-        except sqlite3.Error as exc:
-            if not may_open_immutable(path, exc):
-                raise
-            for conn in conns:
-                conn.close()
-            conns.clear()
-            immutable = True
-            conns.append(connect(immutable))
-            probe(conns[0])
+        first, immutable = connect_read_only(path, connect)
+        conns.append(first)
         version = inspect(conns[0], path)
         if version == 0:
             raise open_error(
