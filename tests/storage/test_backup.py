@@ -157,30 +157,34 @@ async def test_backup_while_another_connection_keeps_writing(db: Path, tmp_path:
         assert started.wait(10)
         before = {f"r{n}" for n in range(200)} | set(committed)
         steps: list[int] = []
+        marks: list[int] = []
 
         def progress(done: int, total: int) -> None:
             if not steps:
-                # Let the writer commit more while the copy is under way.
-                wanted = len(before) - 200 + 5
+                # The snapshot is taken by now. Let the writer commit more while the
+                # copy is under way: every row it lists from mark + 1 on was
+                # committed after this point (at most one commit is in flight).
+                marks.append(len(committed))
                 for _ in range(1000):
-                    if len(committed) >= wanted or errors:
+                    if len(committed) >= marks[0] + 6 or errors:
                         break
                     threading.Event().wait(0.01)
             steps.append(done)
 
         dest = tmp_path / "live.db"
         backup_sqlite(db, dest, pages_per_step=2, progress=progress)
-        during = set(committed) - before
     finally:
         stop.set()
         thread.join(10)
     assert not errors
     copy = set(await read_back(dest))
     assert before <= copy  # everything committed before the backup started
-    assert copy <= {f"r{n}" for n in range(200)} | set(committed)
-    assert len(during) >= 5  # the writer really committed while the copy ran...
-    assert not during & copy  # ...and the copy is the snapshot from before
-    assert steps == sorted(steps)  # a snapshot: the copy never restarted
+    later = committed[marks[0] + 1 :]
+    assert len(later) >= 5  # the writer really committed while the copy ran...
+    assert not set(later) & copy  # ...and the copy is the snapshot from its start
+    new_in_copy = copy - {f"r{n}" for n in range(200)}
+    assert new_in_copy == set(committed[: len(new_in_copy)])  # a prefix: one instant
+    assert steps == sorted(steps)  # never restarted
     with closing(sqlite3.connect(dest)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
