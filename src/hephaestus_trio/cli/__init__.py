@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import trio
 
 from .._errors import HephaestusError
+from ._backup import cmd_backup
 from ._commands import CLIError, cmd_cancel, cmd_graph, cmd_list, cmd_resume, cmd_show
 from ._parser import build_parser
 
@@ -33,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     command = args.command
     if command == "graph":
         return cmd_graph(args)
+    if command == "backup":
+        return cmd_backup(args)
     if command == "demo":
         from . import _demo
 

@@ -130,8 +130,12 @@ def import_workflows(modules: Sequence[str]) -> None:
         import_module(spec)
 
 
-def open_storage(url: str) -> Storage:
+def open_storage(url: str, *, read_only: bool = False) -> Storage:
     """An unopened storage for ``url``; an SQLite file must already exist.
+
+    With ``read_only`` (``list`` and ``show``) an SQLite file is opened
+    read-only, so that it can be inspected on read-only media or without
+    write permission, and is never migrated or otherwise written.
 
     Raises:
         CLIError: the URL is bad, or names a missing SQLite file (inspecting must
@@ -146,6 +150,8 @@ def open_storage(url: str) -> Storage:
             f"no SQLite database at {storage.path!r} (from {url!r}); "
             "run 'hephaestus-trio demo' to create the demo's, or pass --storage"
         )
+    if read_only and isinstance(storage, SQLiteStorage):
+        storage = SQLiteStorage(storage.path, read_only=True)
     return storage
 
 
@@ -210,7 +216,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 async def cmd_list(args: argparse.Namespace) -> int:
     """Print the runs matching ``--status`` and ``--workflow``, oldest first."""
-    async with open_storage(args.storage) as storage:
+    async with open_storage(args.storage, read_only=True) as storage:
         runs = await storage.query(status=args.status)
     runs = [i for i in runs if _matches_workflow(i, args.workflow)]
     if args.json:
@@ -237,7 +243,7 @@ async def cmd_list(args: argparse.Namespace) -> int:
 
 async def cmd_show(args: argparse.Namespace) -> int:
     """Print one run: status, steps, timers, error, context and history."""
-    async with open_storage(args.storage) as storage:
+    async with open_storage(args.storage, read_only=True) as storage:
         instance, count = await _find_run(storage, args.id, args.workflow)
     if args.json:
         print(json.dumps(json.loads(dumps(instance)), indent=2))

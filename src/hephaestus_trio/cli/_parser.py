@@ -6,6 +6,7 @@ import argparse
 
 from .._version import __version__
 from ..core._instance import Status
+from ..storage._sqlite_backup import DEFAULT_PAGES_PER_STEP
 
 __all__ = ["DEFAULT_DB", "DEFAULT_STORAGE", "build_parser"]
 
@@ -154,6 +155,37 @@ def configure_show_parser(
     parser.add_argument("--json", action="store_true", help="print the instance as JSON")
 
 
+def configure_backup_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "backup",
+        parents=[storage],
+        help="copy a live SQLite database safely (its -wal included)",
+        description=(
+            "Copy the SQLite database of --storage to DEST with SQLite's online backup API, "
+            "safe while engines run: the copy holds every transaction committed before the "
+            "backup started, including those still only in the -wal file (which copying "
+            "the .db file alone would lose), and needs no -wal file of its own. Progress "
+            "(pages copied / total) is printed to stderr. The source is only read."
+        ),
+    )
+    parser.add_argument("dest", metavar="DEST", help="the new database file")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite DEST (and its -wal/-shm) if it exists"
+    )
+    parser.add_argument(
+        "--pages-per-step",
+        metavar="N",
+        type=_positive_int,
+        default=DEFAULT_PAGES_PER_STEP,
+        help=(
+            f"pages copied between two progress lines (default: {DEFAULT_PAGES_PER_STEP}, "
+            "4 MiB of 4 KiB pages)"
+        ),
+    )
+
+
 def configure_resume_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
 ) -> None:
@@ -235,4 +267,5 @@ def build_parser() -> argparse.ArgumentParser:
     configure_show_parser(sub, storage)
     configure_resume_parser(sub, storage)
     configure_cancel_parser(sub, storage)
+    configure_backup_parser(sub, storage)
     return parser

@@ -64,6 +64,16 @@ from . import _sqlite_engines as engines
 from . import _sqlite_ops as ops
 from ._protocol import Lease, NewWakeup, Wakeup, WorkflowKey
 from ._query import normalize_filters
+from ._sqlite_access import (
+    SQLITE_READONLY,
+    open_error,
+    open_read_only,
+    primary_code,
+    probe,
+    read_only_error,
+    read_only_target,
+    refuse_unwritable,
+)
 from ._sqlite_rows import (
     expiry,
     json_array,
@@ -129,11 +139,23 @@ class SQLiteStorage:
             commits of other connections while ``wait_for_change`` waits; the
             delay before another process's wakeup is noticed without polling
             by the engine itself.
+        read_only: inspect the file without ever writing it (read-only media,
+            no write permission, a backup under inspection): it is opened as a
+            ``mode=ro`` URI, never created or migrated, and every write raises
+            ``StorageError``. Caveat: a WAL database without its ``-shm`` file
+            in a directory SQLite may not write is opened ``immutable=1`` when
+            the file is not writable either; such an open does not see a
+            concurrent writer (``_sqlite_access.py`` says when it is allowed).
 
     Raises:
         StorageError: on ``open`` when the file is corrupt, not SQLite, another
             application's database or of a newer schema version (the file is
-            left unchanged); on any use before ``open`` or after ``close``.
+            left unchanged); when it cannot be opened (missing directory,
+            permission denied, a read-only file or directory without
+            ``read_only=True``), naming the file and the cause; with
+            ``read_only=True`` also when it is missing, empty or of an older
+            schema version (open it read-write once to migrate it); on any use
+            before ``open`` or after ``close``; on any write when read-only.
     """
 
     durable = True
@@ -144,6 +166,7 @@ class SQLiteStorage:
         *,
         busy_timeout: float = 30.0,
         poll_interval: float = 0.5,
+        read_only: bool = False,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(
@@ -154,6 +177,8 @@ class SQLiteStorage:
         self._poll_interval = poll_interval
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
+        self._read_only = read_only
+        self._immutable = False  # a read-only open fell back to ``immutable=1``
         self._write_limiter = trio.CapacityLimiter(1)
         self._read_limiter = trio.CapacityLimiter(1)
         self._lifecycle = trio.Lock()
@@ -176,7 +201,14 @@ class SQLiteStorage:
         self._engine_locks: dict[str, int | None] = {}
 
     def __repr__(self) -> str:
+        if self._read_only:
+            return f"SQLiteStorage({self._path!r}, read_only=True)"
         return f"SQLiteStorage({self._path!r})"
+
+    @property
+    def read_only(self) -> bool:
+        """Whether this storage only reads (``read_only=True``)."""
+        return self._read_only
 
     @property
     def path(self) -> str:
@@ -235,12 +267,19 @@ class SQLiteStorage:
 
     def _connect(self) -> None:
         check_header(self._path)
+        if self._read_only:
+            self._writer, self._reader, self._immutable = open_read_only(
+                self._path, self._new_connection
+            )
+            return
+        refuse_unwritable(self._path)
         try:
             writer = self._new_connection()
-        except sqlite3.Error as exc:
-            raise self._error("cannot open the database", exc) from exc
+        except (sqlite3.Error, OSError) as exc:
+            raise open_error(self._path, exc, read_only=False) from exc
         reader: sqlite3.Connection | None = None
         try:
+            probe(writer)
             prepare(writer, self._path)
             writer.execute("PRAGMA synchronous=FULL")
             reader = self._new_connection()
@@ -249,20 +288,21 @@ class SQLiteStorage:
             for conn in (reader, writer):
                 if conn is not None:
                     conn.close()
-            if isinstance(exc, sqlite3.Error):
-                raise self._error("cannot open the database", exc) from exc
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise open_error(self._path, exc, read_only=False) from exc
             raise
         self._writer, self._reader = writer, reader
 
-    def _new_connection(self) -> sqlite3.Connection:
+    def _new_connection(self, immutable: bool = False) -> sqlite3.Connection:
         # isolation_level=None: no implicit transactions, we issue BEGIN/COMMIT.
         # check_same_thread=False: trio's worker threads change, the limiter
-        # guarantees one user at a time.
+        # guarantees one user at a time. Read-only: a ``file:`` URI (mode=ro).
         return sqlite3.connect(
-            self._path,
+            read_only_target(self._path, immutable=immutable) if self._read_only else self._path,
             timeout=self._busy_timeout,
             isolation_level=None,
             check_same_thread=False,
+            uri=self._read_only,
         )
 
     def _disconnect(self) -> None:
@@ -285,6 +325,8 @@ class SQLiteStorage:
         )
 
     def _error(self, what: str, exc: BaseException) -> StorageError:
+        if self._read_only and primary_code(exc) == SQLITE_READONLY:
+            return read_only_error(self._path, f"{what}: {exc}")
         return StorageError(f"SQLite storage {self._path!r}: {what}: {exc}")
 
     # -- grouped commits -------------------------------------------------------------
@@ -292,6 +334,8 @@ class SQLiteStorage:
     async def _submit(self, apply: Callable[[sqlite3.Connection], _T]) -> _T:
         """Queue a write and return once it is committed (or raise its error)."""
         self._check_open()
+        if self._read_only:
+            raise read_only_error(self._path)
         write = _Write(apply)
         self._queue.append(write)
         try:
@@ -557,6 +601,8 @@ class SQLiteStorage:
         self, engine_id: str, *, now: datetime, info: Mapping[str, Any]
     ) -> None:
         self._check_open()
+        if self._read_only:
+            raise read_only_error(self._path)  # before any lock file is made
         host, pid = info.get("host"), info.get("pid")
         row = {
             "engine_id": engine_id,
@@ -587,6 +633,10 @@ class SQLiteStorage:
             )
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
+        if self._read_only:
+            self._check_open()
+            await trio.lowlevel.checkpoint()
+            return []  # probing would create lock files beside a read-only database
         stamp = _timestamp(now)
         others = [e for e in await self._read(ops.engine_ids) if e not in self._engine_locks]
         if engines.fcntl is None or not others:
