@@ -47,7 +47,7 @@ async def test_engine_calls_checkpoint(autojump_clock: Any) -> None:
         await trio.testing.wait_all_tasks_blocked()
         with assert_checkpoints():
             handle = await engine.schedule_resume(parked, "wait_for_event", 60, event="received")
-        handle.cancel()
+        assert await handle.cancel() is True
         await trio.testing.wait_all_tasks_blocked()
         with assert_checkpoints():
             await engine.resume(parked, "received")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -354,9 +353,12 @@ async def test_park_hibernates_and_resume_wakes(autojump_clock):
         assert (await engine.get(iid)) == parked
         assert engine.live_tasks == 0
 
+        # The resume is a recorded row, not a call into a task: the claim loop
+        # hears of it and gives the run a task again, at once (no virtual time).
+        resumed_at = trio.current_time()
         await engine.resume(iid, "received")
-        assert engine.live_tasks == 1  # the resume gave the run a task again
         final = await engine.wait(iid)
+        assert trio.current_time() == resumed_at
         assert engine.live_tasks == 0
 
     assert final.status is Status.COMPLETED
@@ -369,7 +371,8 @@ async def test_resume_with_step_keyword(autojump_clock):
         await settle()
         with pytest.raises(InvalidResume, match="has no step"):
             await engine.resume(iid, "received", step="nope")
-        with pytest.raises(InvalidResume, match="not parked"):
+        # Steps are judged by whether they can still run, not only by being parked.
+        with pytest.raises(InvalidResume, match="cannot still run"):
             await engine.resume(iid, "received", step="begin")
         await engine.resume(iid, "received", step="wait_for_event")
         final = await engine.wait(iid)
@@ -408,15 +411,28 @@ async def test_resume_terminal_instance(autojump_clock):
 
 
 async def test_resume_running_instance_with_nothing_parked(autojump_clock):
+    """Rewritten for the stored-resume design: a resume for a step that can still
+    run but has not parked is *recorded* (an early resume), not refused. It applies
+    only if the step parks; this one completes on its own, so the early resume is
+    dropped and never completes the step early. Refusals remain for an ambiguous
+    event and for an event no step that can still run declares."""
     async with open_engine(workflows=[Sleepy]) as engine:
         iid = await engine.start_instance(Sleepy, {}, id="sleepy::one")
         await trio.sleep(1)
-        with pytest.raises(InvalidResume, match="no step is parked"):
+        # Both the running sleeper and the not-yet-active done step accept "done".
+        with pytest.raises(InvalidResume, match="ambiguous"):
             await engine.resume(iid, "done")
+        with pytest.raises(InvalidResume, match="no step that can still run declares"):
+            await engine.resume(iid, "bogus")
+        await engine.resume(iid, "done", step="sleeper")  # accepted early
+        wakeups = await engine.storage.wakeups((await engine.get(iid)).run_id)
+        assert [(w.kind.value, w.step) for w in wakeups] == [("resume", "sleeper")]
         final = await engine.wait(iid)
-    # The refused resume did not complete the step early.
+        # The step finished by itself; its early resume could no longer apply.
+        assert await engine.storage.wakeups(final.run_id) == []
     assert final.status is Status.COMPLETED
-    assert final.execution_history[0].step == "sleeper"
+    assert history(final) == [("sleeper", "done"), ("done", "done")]
+    assert all(e.wakeup is None for e in final.execution_history)
     assert trio.current_time() >= 100
 
 
@@ -425,7 +441,7 @@ async def test_resume_with_event_no_parked_step_declares(autojump_clock):
         iid = await engine.start_instance(AwaitSignal, {}, id="signal::undeclared")
         await settle()
         before = await engine.get(iid)
-        with pytest.raises(InvalidResume, match="no parked step declares 'bogus'"):
+        with pytest.raises(InvalidResume, match="no step that can still run declares 'bogus'"):
             await engine.resume(iid, "bogus")
         await settle()
         after = await engine.get(iid)
@@ -609,29 +625,17 @@ async def test_parked_branch_does_not_stall_its_sibling(autojump_clock):
 # -- resumes racing a busy run: pending resumes and backpressure -----------------------
 
 
-class GatedStorage:
-    """A MemoryStorage whose ``put`` can be held at a gate the test controls.
+class GatedStorage(MemoryStorage):
+    """A MemoryStorage whose ``write`` can be held at a gate the test controls.
 
     While the gate is closed, the run's loop is stuck in the middle of a
     transition (its write has not returned), so accepted resumes stay pending.
     """
 
-    durable = False
-
     def __init__(self) -> None:
-        self.inner = MemoryStorage()
+        super().__init__()
         self.gate: trio.Event | None = None
         self.blocked = trio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def __aenter__(self) -> GatedStorage:
-        await self.inner.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.inner.close()
 
     def close_gate(self) -> None:
         self.gate = trio.Event()
@@ -642,12 +646,19 @@ class GatedStorage:
         self.gate.set()
         self.gate = None
 
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
+    async def write(self, lease, instance, **kwargs):
         gate = self.gate
         if gate is not None:
             self.blocked.set()
             await gate.wait()
-        await self.inner.put(instance, consume=consume)
+        return await super().write(lease, instance, **kwargs)
+
+    async def pending_resumes(self, id: str) -> list[str]:
+        """Steps with an unapplied resume row for the live run of ``id``, in order."""
+        [run] = [i for i in await self.query(id=id) if i.status.is_live] or [None]
+        if run is None:
+            return []
+        return [w.step for w in await self.wakeups(run.run_id) if w.kind.value == "resume"]
 
 
 async def test_second_resume_for_a_pending_step_is_refused(autojump_clock):
@@ -664,11 +675,11 @@ async def test_second_resume_for_a_pending_step_is_refused(autojump_clock):
             await engine.resume(iid, "go", step="park_a")
         # A different step is still fine.
         await engine.resume(iid, "go", step="park_b")
-        assert [r.step for r in await storage.inner.pending_resumes()] == ["park_a", "park_b"]
+        assert await storage.pending_resumes(iid) == ["park_a", "park_b"]
 
         storage.open_gate()
         final = await engine.wait(iid)
-        assert await storage.inner.pending_resumes() == []
+        assert await storage.wakeups(final.run_id) == []
 
     assert final.status is Status.COMPLETED
     assert [s for s, _ in history(final)].count("park_a") == 1
@@ -690,7 +701,7 @@ async def test_backpressure_when_inbox_is_full(autojump_clock):
         assert info.value.instance_id == iid
         assert info.value.capacity == 1
         # Nothing was recorded for the refused resume.
-        assert [r.step for r in await storage.inner.pending_resumes()] == ["park_a"]
+        assert await storage.pending_resumes(iid) == ["park_a"]
 
         storage.open_gate()
         await settle()
@@ -702,7 +713,7 @@ async def test_backpressure_when_inbox_is_full(autojump_clock):
         # The refused resume is not applied later either.
         await trio.sleep(3600)
         assert (await engine.get(iid)) == after
-        assert await storage.inner.pending_resumes() == []
+        assert await storage.pending_resumes(iid) == []
         assert engine.live_tasks == 0
 
         # Once the inbox has room, the same resume is accepted.

@@ -51,7 +51,9 @@ async def test_an_error_in_the_block_comes_out_unwrapped(autojump_clock: Any) ->
         await _start_then_raise(storage, iid)
     assert not isinstance(caught.value, BaseExceptionGroup)
     # The live run was stopped, not lost: it is still running as persisted.
-    (run,) = await storage.query(id=iid)
+    # (open_engine closed the storage it opened; open it again to read it.)
+    async with storage:
+        (run,) = await storage.query(id=iid)
     assert run.status is Status.RUNNING
     assert run.running_steps == {"slow"}
 
@@ -64,12 +66,13 @@ async def test_a_cancelled_caller_is_cancelled_cleanly(autojump_clock: Any) -> N
     assert scope.cancelled_caught
 
 
-class BrokenQueries(MemoryStorage):
-    async def query(self, **filters: Any) -> Any:
+class BrokenClaims(MemoryStorage):
+    # Recovery is a claim of every run that needs a driver (no query any more).
+    async def claim(self, owner: str, **kwargs: Any) -> Any:
         raise StorageError("the disk is gone")
 
 
 async def test_a_failed_recovery_comes_out_unwrapped() -> None:
     with pytest.raises(StorageError, match="the disk is gone"):
-        async with open_engine(BrokenQueries()):
+        async with open_engine(BrokenClaims()):
             pass  # pragma: no cover - never entered

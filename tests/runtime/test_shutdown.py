@@ -135,8 +135,9 @@ async def test_leaving_open_engine_cancels_every_task(autojump_clock: Any):
         busy, sleepy, parked = await start_three(engine)
         await trio.sleep(3)
         assert len(all_tasks()) > len(before)
-        # running (a step executing), sleeping (Wait timer armed), parked (hibernated)
-        assert engine.live_tasks == 2
+        # running (a step executing) has a task; sleeping (Wait timer armed) and
+        # parked both hibernate: a pending timer is a row, not a task.
+        assert engine.live_tasks == 1
         snapshot = {i.run_id: i for i in await engine.list()}
     assert all_tasks() == before
     assert trio.current_time() == 3.0  # leaving did not wait for any step or timer
@@ -177,10 +178,12 @@ async def test_reopened_engine_continues_live_runs(autojump_clock: Any):
 
     init: list[Any] = []
     async with open_engine(storage, ALL, wall_clock=clock, handlers=[init.append]) as engine:
-        # Parked runs with no timer stay hibernated; the other two get tasks.
+        # Only the run cut off mid-step needs a driver now. The parked run and
+        # the one sleeping on its timer stay hibernated (rows, not tasks): the
+        # sleeping one is claimed when its timer is due.
         assert init[0].name == "runner.init"
-        assert init[0].measurements == {"recovered": 2.0, "hibernating": 1.0}
-        assert engine.live_tasks == 2
+        assert init[0].measurements == {"recovered": 1.0}
+        assert engine.live_tasks == 1
 
         # The Wait timer re-arms for its remaining 7 s: it fires at t = 10.
         done_sleepy = await engine.wait(sleepy)
@@ -233,11 +236,15 @@ async def test_overdue_timer_fires_at_once_on_reopen(autojump_clock: Any):
 
 
 class SlowWriteStorage(MemoryStorage):
-    """``put`` yields before it writes, as a real database round-trip does."""
+    """``write`` yields before it writes, as a real database round-trip does."""
 
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
+    async def write(self, lease: Any, instance: Instance, **kwargs: Any) -> Any:
         await trio.lowlevel.checkpoint()
-        await super().put(instance, consume=consume)
+        return await super().write(lease, instance, **kwargs)
+
+
+async def pending_resumes(storage: MemoryStorage, run_id: str) -> list[tuple[Any, Any]]:
+    return [(w.step, w.event) for w in await storage.wakeups(run_id) if w.kind.value == "resume"]
 
 
 @pytest.mark.parametrize("storage_cls", [MemoryStorage, SlowWriteStorage])
@@ -255,22 +262,20 @@ async def test_accepted_resume_is_applied_exactly_once_after_reopen(
 
     async with storage:
         between = (await storage.query(id=parked))[0]
-        pending = await storage.pending_resumes()
-    if storage_cls is SlowWriteStorage:
-        # The resume was accepted (recorded) but its application never reached storage.
-        assert between.waiting_steps == {"approve"}
-        assert [(r.step, r.event) for r in pending] == [("approve", "go")]
-    else:
-        # The write landed before the cancel: applied, and the record consumed with it.
-        assert "approve" in between.completed_steps
-        assert pending == []
+        pending = await pending_resumes(storage, between.run_id)
+    # The resume is a durable row the moment it is accepted. Leaving at once
+    # gave no owner the chance to apply it: it is still recorded, unapplied
+    # (applying it and consuming its row are one write, so never half done).
+    assert between.waiting_steps == {"approve"}
+    assert pending == [("approve", "go")]
     assert CALLS[parked, "finish"] == 0
 
     async with open_engine(storage, ALL, wall_clock=clock) as engine:
         final = await engine.wait(parked)
-        assert await storage.pending_resumes() == []
+        assert await pending_resumes(storage, final.run_id) == []
     assert final.status is Status.COMPLETED
     assert [e.step for e in final.execution_history] == ["prepare", "approve", "finish", "done"]
+    assert [e.wakeup is not None for e in final.execution_history] == [False, True, False, False]
     assert CALLS == {(parked, "prepare"): 1, (parked, "approve"): 1, (parked, "finish"): 1}
 
 

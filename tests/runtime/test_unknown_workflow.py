@@ -12,6 +12,7 @@ import trio
 from hephaestus_trio import (
     Done,
     MemoryStorage,
+    SQLiteStorage,
     Status,
     Step,
     Unique,
@@ -55,7 +56,8 @@ async def test_unknown_workflows_are_left_untouched_and_refused_clearly(
         parked = await first.start_instance(Known, {}, id="known::a")
         running = await first.start_instance(Busy, {}, id="busy::a")
         await trio.sleep(1)
-    before = {i.id: i for i in await storage.query()}
+    async with storage:  # open_engine closed it; reopen it to read
+        before = {i.id: i for i in await storage.query()}
     assert before[parked].status is Status.WAITING
     assert before[running].status is Status.RUNNING
     RUNS.clear()
@@ -69,9 +71,14 @@ async def test_unknown_workflows_are_left_untouched_and_refused_clearly(
                 await second.schedule_resume(parked, "wait_for_event", 5)
             assert second.live_tasks == 0
     assert RUNS == []  # nothing ran, nothing was restarted or failed
-    assert {i.id: i for i in await storage.query()} == before
-    assert await storage.pending_resumes() == []
-    assert "busy::a" in caplog.text
+    async with storage:
+        assert {i.id: i for i in await storage.query()} == before
+        # The refused calls recorded nothing.
+        assert [await storage.wakeups(i.run_id) for i in before.values()] == [[], []]
+    # Changed on purpose: an engine claims only runs of the workflows it was
+    # given, so it never even looks at the others (nothing to log an error about:
+    # they simply wait for an engine that can run them).
+    assert "busy::a" not in caplog.text
 
     # An engine that is given the workflows continues both runs.
     async with open_engine(storage, workflows=[Known, Busy], wall_clock=clock) as third:
@@ -99,3 +106,44 @@ async def test_two_classes_under_one_registry_name_are_refused(autojump_clock: A
         with pytest.raises(WorkflowDefinitionError, match="share the registry name"):
             await engine.start_instance(second, {}, id="flow::a")
         assert await engine.list() == []
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def storage(request: Any, tmp_path: Any, mock_clock: Any) -> Any:
+    """Each backend, with virtual time (SQLite's clock jumps after 50 ms of real idleness)."""
+    if request.param == "memory":
+        mock_clock.autojump_threshold = 0
+        return MemoryStorage()
+    mock_clock.autojump_threshold = 0.05
+    return SQLiteStorage(tmp_path / "unknown.db")
+
+
+async def test_cancel_of_a_hibernating_run_of_an_unknown_workflow_still_cancels_it(
+    storage: Any, mock_clock: Any
+) -> None:
+    """The engine cannot drive the run (no workflow class), so it claims it and
+    applies the cancel with one direct fenced write: no step code runs."""
+    clock = trio_wall_clock(EPOCH)
+    stops: list[Any] = []
+    async with open_engine(storage, workflows=[Known], wall_clock=clock) as first:
+        parked = await first.start_instance(Known, {}, id="known::c")
+        with trio.fail_after(60):  # SQLite: real writes, so poll rather than assume
+            while first.live_tasks or not (await first.get(parked)).waiting_steps:
+                await trio.sleep(0.1)
+        # hibernating: nobody owns it
+    async with open_engine(
+        storage, workflows=[], wall_clock=clock, handlers=[stops.append]
+    ) as second:
+        cancelled = await second.cancel(parked)
+        assert second.live_tasks == 0
+        assert await second.get(parked) == cancelled
+        assert await storage.wakeups(cancelled.run_id) == []  # the request was consumed
+    assert cancelled.status is Status.CANCELLED
+    assert cancelled.execution_history == ()
+    assert [e.name for e in stops if e.name.startswith("workflow.")] == []
+
+    # An engine that knows the workflow finds it cancelled and runs nothing.
+    async with open_engine(storage, workflows=[Known], wall_clock=clock) as third:
+        assert await third.wait(parked) == cancelled
+        await trio.sleep(10)
+        assert third.live_tasks == 0

@@ -258,9 +258,12 @@ class SQLiteStorage:
                     if fd is not None:
                         os.close(fd)
                 # Waiters in wait_for_change wake up and find the storage closed.
+                # A fresh bell too: one left set would make every doze after a
+                # reopen return at once (wait_for_change would spin).
                 changed, self._changed = self._changed, trio.Event()
                 changed.set()
-                self._bell.set()
+                bell, self._bell = self._bell, threading.Event()
+                bell.set()
             finally:
                 # Cancelled before disconnecting: the storage stays usable.
                 self._is_open = self._writer is not None
