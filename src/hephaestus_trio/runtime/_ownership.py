@@ -124,42 +124,51 @@ async def renew_loop(engine: Engine) -> None:
             await engine._owning.wait()
             last_ok = trio.current_time()
         await trio.sleep(engine.lease_renewal)
-        entries: list[RunEntry] = list(engine._runs.values())
-        sent = {entry.run_id: entry.lease for entry in entries}
-        try:
-            renewed = await engine.storage.renew(
-                engine.engine_id,
-                list(sent.values()),
-                now=engine.clock.now(),
-                ttl=engine.lease_ttl,
+        # One tick in a function of its own: its locals (every entry of this
+        # round) must not outlive it while the loop sleeps, or runs that
+        # hibernated meanwhile would stay in memory until the next round.
+        if await _renew_once(engine, last_ok):
+            last_ok = trio.current_time()
+
+
+async def _renew_once(engine: Engine, last_ok: float) -> bool:
+    """One heartbeat; ``True`` when the storage answered."""
+    entries: list[RunEntry] = list(engine._runs.values())
+    sent = {entry.run_id: entry.lease for entry in entries}
+    try:
+        renewed = await engine.storage.renew(
+            engine.engine_id,
+            list(sent.values()),
+            now=engine.clock.now(),
+            ttl=engine.lease_ttl,
+        )
+        dead = await engine.storage.reap_engines(now=engine.clock.now())
+    except Exception as exc:
+        window = engine.lease_ttl - engine.lease_renewal
+        silent = trio.current_time() - last_ok
+        if silent >= window:
+            logger.error(
+                "leases not renewed for %.1fs (%r): past the trust window, "
+                "stopping every run here (a peer may own them now)",
+                silent,
+                exc,
             )
-            dead = await engine.storage.reap_engines(now=engine.clock.now())
-        except Exception as exc:
-            window = engine.lease_ttl - engine.lease_renewal
-            silent = trio.current_time() - last_ok
-            if silent >= window:
-                logger.error(
-                    "leases not renewed for %.1fs (%r): past the trust window, "
-                    "stopping every run here (a peer may own them now)",
-                    silent,
-                    exc,
-                )
-                for entry in list(engine._runs.values()):
-                    entry.stop_lost()
-            else:
-                logger.warning("lease renewal failed (%r); retrying", exc)
-            continue
-        last_ok = trio.current_time()
-        by_run = {lease.run_id: lease for lease in renewed}
-        for entry in entries:
-            if entry.lease is not sent[entry.run_id]:
-                continue  # re-claimed or released meanwhile: its new lease stands
-            lease = by_run.get(entry.run_id)
-            if lease is not None:
-                entry.lease = lease
-            elif not entry.closing:
-                logger.warning("run %s: lease lost; stopping it here", entry.run_id)
+            for entry in list(engine._runs.values()):
                 entry.stop_lost()
-        if dead:
-            logger.warning("engines %s are dead; taking over their runs", dead)
-            engine._wake_claims()
+        else:
+            logger.warning("lease renewal failed (%r); retrying", exc)
+        return False
+    by_run = {lease.run_id: lease for lease in renewed}
+    for entry in entries:
+        if entry.lease is not sent[entry.run_id]:
+            continue  # re-claimed or released meanwhile: its new lease stands
+        lease = by_run.get(entry.run_id)
+        if lease is not None:
+            entry.lease = lease
+        elif not entry.closing:
+            logger.warning("run %s: lease lost; stopping it here", entry.run_id)
+            entry.stop_lost()
+    if dead:
+        logger.warning("engines %s are dead; taking over their runs", dead)
+        engine._wake_claims()
+    return True
