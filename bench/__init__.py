@@ -43,6 +43,7 @@ class Sizes:
     latency_memory: int = 300
     latency_sqlite: int = 100
     parked: int = 20_000
+    week_parked: int = 100_000
     recovery: int = 10_000
     resume_memory: int = 300
     resume_sqlite: int = 100
@@ -54,6 +55,7 @@ QUICK = Sizes(
     latency_memory=20,
     latency_sqlite=10,
     parked=500,
+    week_parked=500,
     recovery=500,
     resume_memory=20,
     resume_sqlite=10,
@@ -198,7 +200,11 @@ def _child(side: str, kind: str, count: int, tmp: Path) -> float:
 
 
 def _run_child(side: str, kind: str, count: int, tmp: Path) -> None:
-    function = m.engine_parked_rss if side == "engine" else m.baseline_parked_rss
+    function = {
+        "engine": m.engine_parked_rss,
+        "week": m.engine_week_parked_rss,
+        "baseline": m.baseline_parked_rss,
+    }[side]
     value = trio.run(function, kind, count, tmp)
     print(json.dumps({"value": value}))
 
@@ -208,10 +214,10 @@ def _progress(text: str, out: Any) -> None:
 
 
 def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e) and return the rows."""
+    """Run the benchmarks (or the ``only`` ones: a b c d e f) and return the rows."""
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e"}
+    wanted = only or {"a", "b", "c", "d", "e", "f"}
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -312,6 +318,24 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                     False,
                 )
             )
+    if "f" in wanted:
+        count = sizes.week_parked
+        _progress(f"(f) RSS per run parked on a 7-day Wait, {count} parked, memory", out)
+        untimed = _child("engine", "memory", count, tmp)
+        week = _child("week", "memory", count, tmp)
+        rows.append(
+            Row(
+                key="f",
+                label=f"RSS per run on a 7-day Wait vs no timer ({count:,}), memory",
+                engine=week,
+                baseline=untimed,
+                unit="KiB",
+                higher_is_better=False,
+                target="within 1 KiB",
+                met=week - untimed <= 1.0,
+                shortfall=f"{week - untimed:.2f} KiB more than a run with no timer",
+            )
+        )
     return rows
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from hephaestus_trio import Context, Done, Instance, Step, Unique, WaitForEvent, Workflow
+from hephaestus_trio import Context, Done, Instance, Step, Unique, Wait, WaitForEvent, Workflow
 
 __all__ = [
     "BenchOrder",
@@ -23,6 +23,7 @@ __all__ = [
     "Reserve",
     "Ship",
     "Validate",
+    "WeekParked",
     "mark_times",
     "mark_waiters",
 ]
@@ -90,6 +91,13 @@ class Mark(Step):
             waiter.set()
         await trio.lowlevel.checkpoint()
         return "marked"
+
+
+class WeekParked(Workflow, unique=Unique(key="weekparked"), name="bench.WeekParked"):
+    """wait 7 days (a durable timer: the run hibernates with it pending) -> done."""
+
+    start_at = (Wait, {"duration": 7, "unit": "day"})
+    transitions = {(Wait, "timeout"): Done}
 
 
 class Parked(Workflow, unique=Unique(key="parked"), name="bench.Parked"):

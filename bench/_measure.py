@@ -29,7 +29,7 @@ from hephaestus_trio import (
 )
 
 from ._baseline import bare_order, bare_parked, open_batch_writer, read_live_documents
-from ._flows import BenchOrder, Parked, mark_times, mark_waiters
+from ._flows import BenchOrder, Parked, WeekParked, mark_times, mark_waiters
 
 __all__ = [
     "baseline_latency",
@@ -42,6 +42,7 @@ __all__ = [
     "engine_recovery",
     "engine_resume_latency",
     "engine_throughput",
+    "engine_week_parked_rss",
     "prepare_parked_db",
     "rss_kib",
 ]
@@ -161,15 +162,16 @@ async def baseline_latency(kind: str, runs: int, tmp: Path) -> float:
 # -- (c) memory per parked instance ---------------------------------------------------------
 
 
-async def _park_all(engine: Any, count: int, offset: int = 0) -> None:
-    """Start ``count`` runs of ``Parked`` and return once all of them hibernate."""
+async def _park_all(engine: Any, count: int, offset: int = 0, flow: Any = Parked) -> None:
+    """Start ``count`` runs of ``flow`` and return once all of them hibernate."""
     parked = _Countdown(count)
     unsubscribe = engine.subscribe(parked, events=["step.async"])
     batch = 500  # bounded concurrency: a burst of 20,000 starter tasks is not the point
     for first in range(offset, offset + count, batch):
         async with trio.open_nursery() as nursery:
             for i in range(first, min(first + batch, offset + count)):
-                start = functools.partial(engine.start_instance, Parked, {}, id=f"parked::{i}")
+                iid = f"{flow.unique.key}::{i}"
+                start = functools.partial(engine.start_instance, flow, {}, id=iid)
                 nursery.start_soon(start)
     await parked.done.wait()
     unsubscribe()
@@ -177,12 +179,12 @@ async def _park_all(engine: Any, count: int, offset: int = 0) -> None:
         await trio.sleep(0.001)
 
 
-async def engine_parked_rss(kind: str, count: int, tmp: Path) -> float:
+async def engine_parked_rss(kind: str, count: int, tmp: Path, flow: Any = Parked) -> float:
     """KiB of RSS per parked (hibernating) instance, engine open, after gc."""
-    async with open_engine(_storage(kind, tmp, "parked"), workflows=[Parked]) as engine:
-        await _park_all(engine, 50)  # warm every code path and cache first
+    async with open_engine(_storage(kind, tmp, "parked"), workflows=[flow]) as engine:
+        await _park_all(engine, 50, flow=flow)  # warm every code path and cache first
         before = rss_kib()
-        await _park_all(engine, count, offset=50)
+        await _park_all(engine, count, offset=50, flow=flow)
         after = rss_kib()
         assert engine.live_tasks == 0
         waiting = await engine.list(status="waiting")
@@ -190,6 +192,11 @@ async def engine_parked_rss(kind: str, count: int, tmp: Path) -> float:
         del waiting
         after = min(after, rss_kib())
     return (after - before) / count
+
+
+async def engine_week_parked_rss(kind: str, count: int, tmp: Path) -> float:
+    """KiB of RSS per run parked on a 7-day ``Wait``: hibernating with a timer pending."""
+    return await engine_parked_rss(kind, count, tmp, flow=WeekParked)
 
 
 async def baseline_parked_rss(kind: str, count: int, tmp: Path) -> float:

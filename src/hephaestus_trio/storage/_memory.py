@@ -68,8 +68,9 @@ class _Run:
     wake_at: datetime | None = None
     wakeups: dict[int, Wakeup] = attrs.field(factory=dict)
     """Pending wakeups by seq; insertion order is seq order (seqs only grow)."""
-    dedup_keys: set[str] = attrs.field(factory=set)
-    """Every resume dedup key ever recorded for the run (until it is deleted)."""
+    dedup_keys: set[str] | None = None
+    """Every resume dedup key ever recorded for the run (until it is deleted); made
+    on first use, since most runs never see one and a parked run should stay small."""
 
     def held_by(self, lease: Lease) -> bool:
         return self.doc.status.is_live and self.owner == lease.owner and self.epoch == lease.epoch
@@ -462,7 +463,7 @@ class MemoryStorage:
             raise WakeupRefused(run_id, "not_live", run.doc.status.value)
         pending = run.wakeups.values()
         if wakeup.kind is WakeupKind.RESUME:
-            if wakeup.dedup_key is not None and wakeup.dedup_key in run.dedup_keys:
+            if wakeup.dedup_key is not None and wakeup.dedup_key in (run.dedup_keys or ()):
                 return None
             resumes = [w for w in pending if w.kind is WakeupKind.RESUME]
             if any(w.step == wakeup.step for w in resumes):
@@ -470,6 +471,8 @@ class MemoryStorage:
             if max_pending is not None and len(resumes) >= max_pending:
                 raise WakeupRefused(run_id, "full")
             if wakeup.dedup_key is not None:
+                if run.dedup_keys is None:
+                    run.dedup_keys = set()
                 run.dedup_keys.add(wakeup.dedup_key)
         elif wakeup.kind is WakeupKind.CANCEL:
             if any(w.kind is WakeupKind.CANCEL for w in pending):
@@ -491,7 +494,7 @@ class MemoryStorage:
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         await self._enter()
         run = self._runs.get(run_id)
-        return run is not None and dedup_key in run.dedup_keys
+        return run is not None and dedup_key in (run.dedup_keys or ())
 
     async def wakeups(self, run_id: str) -> list[Wakeup]:
         await self._enter()
