@@ -139,7 +139,7 @@ def write(
             f"run {run_id!r}: unique_key is fixed at create ({held[0]!r}), "
             f"cannot become {instance.unique_key!r}"
         )
-    for seq in consume:
+    for seq in dict.fromkeys(consume):  # a seq named twice is consumed once, as in memory
         if conn.execute(_Q["consume_wakeup"], {"seq": seq, "run_id": run_id}).rowcount != 1:
             raise WakeupGone(run_id, seq)
     if instance.status.is_terminal:
