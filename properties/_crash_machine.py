@@ -31,9 +31,9 @@ import contextlib
 import enum
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -44,6 +44,7 @@ from trio_util import AsyncValue
 from hephaestus_trio import (
     Event,
     Instance,
+    LeaseLost,
     RestartPolicy,
     Status,
     Storage,
@@ -53,8 +54,10 @@ from hephaestus_trio import (
     open_engine,
     trio_wall_clock,
 )
+from hephaestus_trio.core._instance import TimerRecord
 from hephaestus_trio.engine import activate_transitions, advance, check_completion, complete_step
-from hephaestus_trio.storage import ResumeRecord
+from hephaestus_trio.runtime import _driver
+from hephaestus_trio.storage import Lease, NewWakeup, Wakeup
 from hephaestus_trio.testing import (
     EPOCH,
     Outcome,
@@ -63,6 +66,8 @@ from hephaestus_trio.testing import (
     run_script,
     workflow_specs,
 )
+
+_T = TypeVar("_T")
 
 __all__ = [
     "AuditedStorage",
@@ -83,7 +88,7 @@ __all__ = [
 
 
 class InjectedFault(Exception):
-    """A write the test told the storage to refuse: to the runtime, a crash of that run."""
+    """A write the test told the storage to refuse: to the runtime, a transient storage fault."""
 
 
 class CrashPoint(enum.Enum):
@@ -98,9 +103,15 @@ class CrashPoint(enum.Enum):
 class AuditedStorage:
     """Wraps the real backend; counts, injects and audits (see the module docstring).
 
-    ``inner`` is replaced by the host before each engine incarnation (a
+    ``inner`` is replaced by the host before each process incarnation (a
     ``MemoryStorage`` is reused as is, a durable backend gets a new object on
-    the same file, as a new process would).
+    the same file, as a new process would). Every engine of one process
+    shares this one object, as two engines of one process share a storage.
+
+    Change notification (``wait_for_change``) is answered here, from the calls
+    made through this object (every engine of the process makes them here):
+    SQLite's own answer also polls for other processes on the real clock, an
+    outside event the seeded scheduler could not replay.
     """
 
     def __init__(self, make_inner: Callable[[], Storage]) -> None:
@@ -109,19 +120,29 @@ class AuditedStorage:
         self.durable = self.inner.durable
         self.in_flight: AsyncValue[int] = AsyncValue(0)
         self._serial = trio.Lock() if self.durable else None
+        self._changes = 0
+        self._changed = trio.Event()
         # Faults and crashes the rules arm.
-        self.failing_puts: collections.Counter[str] = collections.Counter()
+        self.failing_writes: collections.Counter[str] = collections.Counter()
         self.crash_after: int | None = None
         self.crash_point = CrashPoint.BEFORE
         self.on_crash: Callable[[], None] = lambda: None
+        self.dead: set[str] = set()
+        """Engines killed without a clean shutdown: their ``release_all`` never happens."""
         # What the audit saw.
         self.persisted: dict[str, Instance] = {}
         self.faults_hit: collections.Counter[str] = collections.Counter()
         self.executions: list[tuple[str, str]] = []
+        self.writes: list[tuple[str, str, int]] = []
+        """``(run_id, owner, epoch)`` of every write the backend accepted, in order."""
+        self.top_epoch: dict[str, int] = {}
+        self.epoch_owner: dict[tuple[str, int], str] = {}
+        self.refused: list[tuple[str, str, int]] = []
+        """``(run_id, owner, epoch)`` of every write refused with ``LeaseLost``."""
         self.violations: list[str] = []
 
-    def renew(self) -> None:
-        """A new backend object on the same data, for the next engine incarnation."""
+    def reincarnate(self) -> None:
+        """A new backend object on the same data, for the next process incarnation."""
         self.inner = self._make_inner()
 
     @contextlib.asynccontextmanager
@@ -142,6 +163,11 @@ class AuditedStorage:
         finally:
             self.in_flight.value -= 1
 
+    def _bump(self) -> None:
+        self._changes += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
     # -- crash injection --------------------------------------------------------------
 
     def _crash_due(self) -> CrashPoint | None:
@@ -158,28 +184,48 @@ class AuditedStorage:
         await trio.lowlevel.checkpoint()  # raises Cancelled: every caller is in the engine
         raise RuntimeError("crash point reached outside the engine's cancel scope")
 
-    async def _write(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _mutate(self, fn: Callable[[], Awaitable[_T]]) -> _T:
+        """A write of any kind: the armed crash strikes just before or just after it."""
         due = self._crash_due()
         if due is CrashPoint.BEFORE:
             await self._die()
-        result = await fn(*args)
+        result = await fn()
         if due is CrashPoint.AFTER:
             await self._die()
         return result
 
     # -- audit ------------------------------------------------------------------------
 
-    def _audit_put(self, new: Instance) -> None:
+    def _audit_write(self, lease: Lease, new: Instance) -> None:
+        """Before a fenced write: the state only moves forward."""
+        where = f"run {new.id} ({new.run_id})"
+        steps = [e.step for e in new.execution_history]
+        if len(set(steps)) != len(steps):
+            self.violations.append(f"{where}: a step completed twice in history {steps}")
         old = self.persisted.get(new.run_id)
         if old is None:
             return
-        where = f"run {new.id} ({new.run_id})"
         if old.is_terminal:
             self.violations.append(f"{where}: {old.status.value} run overwritten with {new!r}")
         if new.execution_history[: len(old.execution_history)] != old.execution_history:
             self.violations.append(f"{where}: persisted history rewritten: {old!r} -> {new!r}")
         if not old.completed_steps <= new.completed_steps:
             self.violations.append(f"{where}: completed steps shrank: {old!r} -> {new!r}")
+
+    def _accepted(self, run_id: str, owner: str, epoch: int) -> None:
+        """After a write the backend accepted: one owner per epoch, epochs never go back."""
+        top = self.top_epoch.get(run_id, 0)
+        if epoch < top:
+            self.violations.append(
+                f"run {run_id}: write by {owner} at epoch {epoch} accepted after epoch {top} wrote"
+            )
+        known = self.epoch_owner.setdefault((run_id, epoch), owner)
+        if known != owner:
+            self.violations.append(
+                f"run {run_id}: epoch {epoch} written by two owners, {known} and {owner}"
+            )
+        self.top_epoch[run_id] = max(top, epoch)
+        self.writes.append((run_id, owner, epoch))
 
     def audit_execution(self, run_id: str, step: str) -> None:
         """Called by every generated step's ``execute`` as it starts."""
@@ -198,11 +244,6 @@ class AuditedStorage:
             )
 
     # -- the Storage protocol -----------------------------------------------------------
-
-    def engine_lock(self) -> contextlib.AbstractContextManager[None]:
-        """The backend's one-engine-per-database lock, when it has one."""
-        claim = getattr(self.inner, "engine_lock", None)
-        return claim() if claim is not None else contextlib.nullcontext()
 
     async def __aenter__(self) -> AuditedStorage:
         await self.open()
@@ -223,50 +264,142 @@ class AuditedStorage:
         async with self._busy():
             return await self.inner.get(run_id)
 
-    async def put(self, instance: Instance, *, consume: Sequence[int] = ()) -> None:
-        async with self._busy():
-            due = self._crash_due()
-            if due is CrashPoint.BEFORE:
-                await self._die()
-            # A run's failure past its restart budget is written as is: when that
-            # write fails too, the runtime documents that the run waits, as last
-            # persisted, for the next engine (the storage is what keeps failing).
-            gives_up = instance.error is not None and instance.error.kind == "restart_limit"
-            if self.failing_puts[instance.run_id] > 0 and not gives_up:
-                self.failing_puts[instance.run_id] -= 1
-                self.faults_hit[instance.run_id] += 1
-                raise InjectedFault(f"injected fault persisting {instance.id} ({instance.run_id})")
-            self._audit_put(instance)
-            await self.inner.put(instance, consume=consume)
-            self.persisted[instance.run_id] = instance
-            if due is CrashPoint.AFTER:
-                await self._die()
-
-    async def delete(self, run_id: str) -> None:
-        async with self._busy():
-            await self._write(self.inner.delete, run_id)
-
     async def query(self, **filters: Any) -> list[Instance]:
         async with self._busy():
             return await self.inner.query(**filters)
 
-    async def add_resume(self, run_id: str, step: str, event: str, at: datetime) -> ResumeRecord:
+    async def create(
+        self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
+    ) -> Lease | None:
         async with self._busy():
-            record: ResumeRecord = await self._write(self.inner.add_resume, run_id, step, event, at)
-            return record
 
-    async def pending_resumes(self, run_id: str | None = None) -> list[ResumeRecord]:
-        async with self._busy():
-            return await self.inner.pending_resumes(run_id)
+            async def create() -> Lease | None:
+                lease = await self.inner.create(instance, now=now, owner=owner, ttl=ttl)
+                self.persisted[instance.run_id] = instance
+                if lease is not None:
+                    self._accepted(lease.run_id, lease.owner, lease.epoch)
+                else:
+                    self._bump()
+                return lease
 
-    async def delete_resume(self, seq: int) -> None:
+            return await self._mutate(create)
+
+    async def write(
+        self,
+        lease: Lease,
+        instance: Instance,
+        *,
+        now: datetime,
+        consume: Sequence[int] = (),
+        add_timers: Sequence[TimerRecord] = (),
+    ) -> list[Wakeup]:
         async with self._busy():
-            await self._write(self.inner.delete_resume, seq)
+
+            async def write() -> list[Wakeup]:
+                if self.failing_writes[lease.run_id] > 0:
+                    self.failing_writes[lease.run_id] -= 1
+                    self.faults_hit[lease.run_id] += 1
+                    raise InjectedFault(f"injected fault writing {instance.id} ({lease.run_id})")
+                self._audit_write(lease, instance)
+                try:
+                    added = await self.inner.write(
+                        lease, instance, now=now, consume=consume, add_timers=add_timers
+                    )
+                except LeaseLost:
+                    self.refused.append((lease.run_id, lease.owner, lease.epoch))
+                    raise
+                self.persisted[instance.run_id] = instance
+                self._accepted(lease.run_id, lease.owner, lease.epoch)
+                return added
+
+            return await self._mutate(write)
+
+    async def delete(self, run_id: str) -> None:
+        async with self._busy():
+            await self._mutate(lambda: self.inner.delete(run_id))
 
     async def purge(self, older_than: datetime) -> int:
         async with self._busy():
-            count: int = await self._write(self.inner.purge, older_than)
+            return await self._mutate(lambda: self.inner.purge(older_than))
+
+    async def claim(self, owner: str, **kwargs: Any) -> list[Lease]:
+        async with self._busy():
+            return await self.inner.claim(owner, **kwargs)
+
+    async def renew(self, owner: str, leases: Collection[Lease], **kwargs: Any) -> list[Lease]:
+        async with self._busy():
+            return await self.inner.renew(owner, leases, **kwargs)
+
+    async def release(
+        self, lease: Lease, *, now: datetime, wake_at: datetime | None, seen: int
+    ) -> bool:
+        async with self._busy():
+
+            async def release() -> bool:
+                woke = await self.inner.release(lease, now=now, wake_at=wake_at, seen=seen)
+                self._bump()
+                return woke
+
+            return await self._mutate(release)
+
+    async def release_all(self, owner: str, *, now: datetime) -> int:
+        async with self._busy():
+            if owner in self.dead:
+                return 0  # killed: nobody hands its leases back, they expire
+            count = await self.inner.release_all(owner, now=now)
+            self._bump()
             return count
+
+    async def next_wake(self, owner: str, **kwargs: Any) -> datetime | None:
+        async with self._busy():
+            return await self.inner.next_wake(owner, **kwargs)
+
+    async def register_engine(self, engine_id: str, **kwargs: Any) -> None:
+        async with self._busy():
+            await self.inner.register_engine(engine_id, **kwargs)
+
+    async def unregister_engine(self, engine_id: str) -> None:
+        async with self._busy():
+            await self.inner.unregister_engine(engine_id)
+
+    async def reap_engines(self, *, now: datetime) -> list[str]:
+        async with self._busy():
+            return await self.inner.reap_engines(now=now)
+
+    async def add_wakeup(
+        self, wakeup: NewWakeup, *, now: datetime, max_pending: int | None = None
+    ) -> Wakeup | None:
+        async with self._busy():
+
+            async def add() -> Wakeup | None:
+                added = await self.inner.add_wakeup(wakeup, now=now, max_pending=max_pending)
+                if added is not None:
+                    self._bump()
+                return added
+
+            return await self._mutate(add)
+
+    async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
+        async with self._busy():
+            return await self.inner.seen_dedup_key(run_id, dedup_key)
+
+    async def wakeups(self, run_id: str) -> list[Wakeup]:
+        async with self._busy():
+            return await self.inner.wakeups(run_id)
+
+    async def cancel_timer(self, run_id: str, seq: int) -> bool:
+        async with self._busy():
+            return await self._mutate(lambda: self.inner.cancel_timer(run_id, seq))
+
+    async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
+        async with self._busy():
+            return await self.inner.owned_wakeups(owner, after=after)
+
+    async def wait_for_change(self, seen: int) -> int:
+        await trio.lowlevel.checkpoint()
+        while self._changes == seen:
+            await self._changed.wait()
+        return self._changes
 
 
 @attrs.frozen
@@ -274,9 +407,12 @@ class Snapshot:
     """The persisted state at a settled moment."""
 
     runs: tuple[Instance, ...]
-    pending: tuple[ResumeRecord, ...]
+    pending: tuple[Wakeup, ...]
+    """Every run's unapplied wakeups (timers included)."""
     trio_now: float
     wall_now: datetime
+    engines: int = 1
+    """Engines open in the process."""
 
 
 @attrs.frozen
@@ -292,11 +428,31 @@ class CommandResult:
 SETTLE_CUSHION = 1e-6
 """Real seconds the loop must stay idle before ``settle`` trusts it."""
 
+LEASE_TTL = 12.0
+LEASE_RENEWAL = 1.0
+"""Leases: no single clock jump of a rule (at most 5 s) outlives one, so a live engine
+keeps its runs; a killed engine's runs are taken over once ``LEASE_TTL`` has passed."""
+
 _Call = tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]
 
 
+@attrs.define
+class _Slot:
+    """One engine open in the process, with the nursery commands run in."""
+
+    engine: Any
+    scope: trio.CancelScope
+    commands: trio.Nursery
+
+
 class EngineHost:
-    """``open_engine`` kept open in a Trio thread, reopened after every crash.
+    """Engines kept open in a Trio thread, the process reopened after every crash.
+
+    The "process" holds one engine, or two on the same storage once a rule
+    opened a second; a crash kills the whole process (every engine hands its
+    leases back as it stops), and one engine is reopened. A rule can also
+    *kill* one engine alone, without its leases being released: the other
+    takes its runs over once they expire.
 
     The test thread talks to one *actor* task over a memory channel and waits
     for its reply on a ``queue.Queue``. The actor replies only once everything
@@ -320,8 +476,9 @@ class EngineHost:
         self.clock = trio.testing.MockClock()
         self.engine_opens = 0
         self._engine: AsyncValue[Any] = AsyncValue(None)
+        self._slots: list[_Slot] = []
         self._scope: trio.CancelScope | None = None
-        self._commands: trio.Nursery | None = None
+        self._process: trio.Nursery | None = None
         self._stop = trio.Event()
         self._inbox_send, self._inbox = trio.open_memory_channel[_Call](1)
         self._replies: queue.Queue[tuple[bool, Any]] = queue.Queue()
@@ -329,24 +486,39 @@ class EngineHost:
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._thread_main, name="crash-machine", daemon=True)
+        self._saved_delays: tuple[float, float] | None = None
         storage.on_crash = self._crash
+
+    @property
+    def engines(self) -> int:
+        return len(self._slots)
 
     # -- the thread ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the thread; returns once the first engine is open and settled."""
+        # A storage fault is retried after a backoff slept on Trio's clock, which
+        # here moves only when a rule says so: retry at once instead (a storage
+        # that comes back), so a fault never waits for a rule to move time.
+        self._saved_delays = (_driver.FAULT_FIRST_DELAY, _driver.FAULT_MAX_DELAY)
+        _driver.FAULT_FIRST_DELAY = _driver.FAULT_MAX_DELAY = 0.0
         self._thread.start()
         self._ready.wait()
         self._raise_if_dead()
 
     def stop(self) -> None:
-        """Crash the engine one last time, close the storage, end the thread."""
-        if self._thread.is_alive() and self._token is not None:
-            with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=60)
-        if self._thread.is_alive():  # pragma: no cover - would hang the suite otherwise
-            raise RuntimeError("the engine thread did not stop")
+        """Crash the engines one last time, close the storage, end the thread."""
+        try:
+            if self._thread.is_alive() and self._token is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            self._thread.join(timeout=60)
+            if self._thread.is_alive():  # pragma: no cover - would hang the suite otherwise
+                raise RuntimeError("the engine thread did not stop")
+        finally:
+            if self._saved_delays is not None:
+                _driver.FAULT_FIRST_DELAY, _driver.FAULT_MAX_DELAY = self._saved_delays
+                self._saved_delays = None
         self._raise_if_dead()
 
     def _raise_if_dead(self) -> None:
@@ -366,7 +538,7 @@ class EngineHost:
         self._token = trio.lowlevel.current_trio_token()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._engine_loop)
+                nursery.start_soon(self._process_loop)
                 nursery.start_soon(self._actor)
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -385,27 +557,45 @@ class EngineHost:
             await self.settle()
             self._replies.put(reply)  # and block on the inbox in this same step
 
-    async def _engine_loop(self) -> None:
+    async def _process_loop(self) -> None:
         while True:
             with trio.CancelScope() as scope:
                 self._scope = scope
+                async with trio.open_nursery() as process:
+                    self._process = process
+                    process.start_soon(self._run_engine)
+                    await trio.sleep_forever()
+            # Crashed: the old backend object dies with its "process".
+            self._process = None
+            self._slots.clear()
+            self._engine.value = None
+            await self.storage.close()
+            self.storage.reincarnate()
+
+    async def _run_engine(self) -> None:
+        """One engine of the process, open until its scope (or the process) is cancelled."""
+        slot: _Slot | None = None
+        try:
+            with trio.CancelScope() as scope:
                 async with open_engine(
                     self.storage,
                     self.workflows,
                     restart_policy=self.restart_policy,
                     handlers=[self.handler],
                     wall_clock=trio_wall_clock(EPOCH),
+                    lease_ttl=LEASE_TTL,
+                    lease_renewal=LEASE_RENEWAL,
                 ) as engine:
                     async with trio.open_nursery() as commands:
-                        self._commands = commands
+                        slot = _Slot(engine=engine, scope=scope, commands=commands)
+                        self._slots.append(slot)
                         self.engine_opens += 1
                         self._engine.value = engine
                         await trio.sleep_forever()
-            # Crashed: the old backend object dies with its "process".
-            self._engine.value = None
-            self._commands = None
-            await self.storage.close()
-            self.storage.renew()
+        finally:
+            if slot is not None and slot in self._slots:
+                self._slots.remove(slot)
+                self._engine.value = self._slots[-1].engine if self._slots else None
 
     def _crash(self) -> None:
         assert self._scope is not None
@@ -430,16 +620,15 @@ class EngineHost:
                 return value
             raise value
 
-    async def command(self, fn: Callable[[Any], Awaitable[Any]]) -> CommandResult:
-        """``await fn(engine)`` in a task *inside* the engine, so an engine crash kills it too.
+    async def command(self, fn: Callable[[Any], Awaitable[Any]], *, via: int = -1) -> CommandResult:
+        """``await fn(engine)`` in a task *inside* an engine (the newest, or ``via``), so a
+        crash kills it too.
 
         A call still blocked once everything has settled can never return: it
         is cancelled and reported as ``hung``.
         """
-        while True:
-            engine = await self._engine.wait_value(lambda e: e is not None)
-            if self._engine.value is engine and self._commands is not None:
-                break
+        await self._engine.wait_value(lambda e: e is not None)
+        slot = self._slots[via % len(self._slots)]
         box: dict[str, Any] = {}
         done = trio.Event()
         scope = trio.CancelScope()
@@ -447,13 +636,13 @@ class EngineHost:
         async def call() -> None:
             try:
                 with scope:
-                    box["value"] = await fn(engine)
+                    box["value"] = await fn(slot.engine)
             except Exception as exc:
                 box["error"] = exc
             finally:
                 done.set()
 
-        self._commands.start_soon(call)
+        slot.commands.start_soon(call)
         await self.settle()
         if not done.is_set():
             scope.cancel()
@@ -466,9 +655,37 @@ class EngineHost:
         return CommandResult(crashed=True)
 
     async def crash_now(self) -> None:
-        """Crash the engine (cancel its ``open_engine`` block); it reopens by itself."""
+        """Crash the process (every engine); one engine reopens by itself."""
         self._crash()
         await self.settle()
+
+    async def open_second(self) -> None:
+        """Open one more engine in the process, on the same storage object."""
+        assert self._process is not None
+        self._process.start_soon(self._run_engine)
+        before = self.engine_opens
+        while self.engine_opens == before and self._process is not None:
+            await self.settle()
+            await trio.sleep(0)
+            if self.engine_opens == before:
+                # Crashed while opening, and the process reopened with one engine.
+                break
+        await self.settle()
+
+    async def kill_oldest(self) -> None:
+        """Kill the oldest engine without releasing its leases, then let them expire:
+        time moves on in steps shorter than a renewal until they have."""
+        if len(self._slots) < 2:
+            return
+        slot = self._slots[0]
+        self.storage.dead.add(slot.engine.engine_id)
+        slot.scope.cancel()
+        await self.settle()
+        elapsed = 0.0
+        while elapsed <= LEASE_TTL:
+            self.clock.jump(LEASE_RENEWAL / 2)
+            elapsed += LEASE_RENEWAL / 2
+            await self.settle()
 
     async def jump(self, seconds: float) -> None:
         """Advance virtual time by ``seconds``; due timers fire."""
@@ -500,13 +717,14 @@ class EngineHost:
         """The persisted state, read through the running engine's storage."""
         await self.settle()
         runs = await self.storage.query()
-        pending = await self.storage.pending_resumes()
+        pending = [w for run in runs for w in await self.storage.wakeups(run.run_id)]
         now = trio.current_time()
         return Snapshot(
             runs=tuple(runs),
             pending=tuple(pending),
             trio_now=now,
             wall_now=EPOCH + timedelta(seconds=now),
+            engines=len(self._slots),
         )
 
 

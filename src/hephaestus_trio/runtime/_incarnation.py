@@ -62,6 +62,9 @@ class Incarnation:
         self.workflow: type[Workflow] | None = None
         self.wakeups: dict[int, Wakeup] = {}
         self.seen = 0
+        self.unread = False
+        """A write added timers since the last read of the wakeups: ``seen`` may skip
+        wakeups others added meanwhile (seqs are global), so re-read before releasing."""
         self.executing: dict[str, trio.CancelScope] = {}
         self.inline: str | None = None
         self.nursery: trio.Nursery | None = None
@@ -113,6 +116,7 @@ class Incarnation:
         for wakeup in added:
             self.wakeups[wakeup.seq] = wakeup
             self.seen = max(self.seen, wakeup.seq)
+            self.unread = True
         self.inst = new
         if new.is_terminal:
             self.wakeups.clear()
@@ -130,6 +134,7 @@ class Incarnation:
         """Re-read the run's wakeups (a poke said they may have changed)."""
         storage = self.engine.storage
         rows = await self.io(lambda: storage.wakeups(self.run_id))
+        self.unread = False
         self.wakeups = {w.seq: w for w in rows}
         if rows:
             self.seen = max(self.seen, rows[-1].seq)
@@ -160,8 +165,11 @@ class Incarnation:
                     if self.state.is_terminal:
                         break
                     self._reconcile()
-                    if not self.executing and await self._hibernate():
-                        break
+                    if not self.executing:
+                        if self.unread and await self._reread():
+                            continue  # wakeups added while we wrote: apply them first
+                        if await self._hibernate():
+                            break
                     message = await self._next_message()
                     await self._handle(message)
                     if self.state.is_terminal:
@@ -331,6 +339,17 @@ class Incarnation:
         return True
 
     # -- hibernation --------------------------------------------------------------
+
+    async def _reread(self) -> bool:
+        """Re-read the wakeups before releasing; ``True`` if some were new to us.
+
+        ``release`` reports wakeups above ``seen`` as missed; a timer this loop's
+        write added moved ``seen`` past any wakeup recorded meanwhile (a resume
+        racing the write), which would then wait, unapplied, for the next timer.
+        """
+        known = set(self.wakeups)
+        await self.refresh()
+        return not set(self.wakeups) <= known
 
     async def _hibernate(self) -> bool:
         """Release the lease when the run has nothing to do; ``True`` if it did."""

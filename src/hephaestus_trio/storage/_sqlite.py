@@ -535,7 +535,7 @@ class SQLiteStorage:
             "now": _timestamp(now),
             "expires_at": _timestamp(expires),
             "workflows": workflows_param(workflows),
-            "run_ids": None if run_ids is None else json_array(sorted(run_ids)),
+            "run_ids": None if run_ids is None else json_array(sorted(set(run_ids))),
             "limit": limit,
         }
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"

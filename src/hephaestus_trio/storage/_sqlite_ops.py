@@ -141,7 +141,7 @@ def write(
             f"id {held[1]!r}, workflow {held[2]!r} version {held[3]}); a write cannot "
             "change it"
         )
-    for seq in consume:
+    for seq in dict.fromkeys(consume):  # a seq named twice is consumed once, as in memory
         if conn.execute(_Q["consume_wakeup"], {"seq": seq, "run_id": run_id}).rowcount != 1:
             raise WakeupGone(run_id, seq)
     if instance.status.is_terminal:
