@@ -147,7 +147,11 @@ class EngineClosed(HephaestusError):
 
 
 class InstanceRestarted(HephaestusError):
-    """The run's task restarted while a call was waiting on it; the call had no effect."""
+    """The run's task restarted while a call was waiting on it; the call had no effect.
+
+    No call raises it any more: engine calls only add wakeup rows and never wait
+    on a run's task. It stays importable for code that catches it.
+    """
 
     def __init__(self, instance_id: str) -> None:
         self.instance_id = instance_id

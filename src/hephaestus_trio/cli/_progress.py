@@ -101,10 +101,9 @@ class Progress:
         running = self.running.setdefault(iid, set()) if iid else set()
         if name == "runner.init":
             recovered = int(measurements.get("recovered", 0))
-            hibernating = int(measurements.get("hibernating", 0))
             return (
-                f"engine up: {recovered} run(s) recovered and running, "
-                f"{hibernating} hibernating until resumed"
+                f"engine up: claimed {recovered} run(s) that needed a driver "
+                "(parked runs stay in the storage until a wakeup or a timer)"
             )
         if name == "workflow.start":
             return "started"
