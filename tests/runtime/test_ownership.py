@@ -24,7 +24,6 @@ from hephaestus_trio import (
     LeaseLost,
     MemoryStorage,
     NotCancellable,
-    SQLiteStorage,
     Status,
     Step,
     Suspend,
@@ -44,17 +43,6 @@ EXECUTIONS: Counter[tuple[str, str]] = Counter()
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     EXECUTIONS.clear()
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def storage(request, tmp_path, mock_clock):
-    """Each backend, with virtual time. SQLite does real I/O in worker threads, so
-    its clock jumps only after 50 ms of real idleness (never while a write runs)."""
-    if request.param == "memory":
-        mock_clock.autojump_threshold = 0
-        return MemoryStorage()
-    mock_clock.autojump_threshold = 0.05
-    return SQLiteStorage(tmp_path / "shared.db")
 
 
 def history(inst):

@@ -12,7 +12,6 @@ import trio
 from hephaestus_trio import (
     Done,
     MemoryStorage,
-    SQLiteStorage,
     Status,
     Step,
     Unique,
@@ -106,16 +105,6 @@ async def test_two_classes_under_one_registry_name_are_refused(autojump_clock: A
         with pytest.raises(WorkflowDefinitionError, match="share the registry name"):
             await engine.start_instance(second, {}, id="flow::a")
         assert await engine.list() == []
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def storage(request: Any, tmp_path: Any, mock_clock: Any) -> Any:
-    """Each backend, with virtual time (SQLite's clock jumps after 50 ms of real idleness)."""
-    if request.param == "memory":
-        mock_clock.autojump_threshold = 0
-        return MemoryStorage()
-    mock_clock.autojump_threshold = 0.05
-    return SQLiteStorage(tmp_path / "unknown.db")
 
 
 async def test_cancel_of_a_hibernating_run_of_an_unknown_workflow_still_cancels_it(

@@ -18,7 +18,6 @@ import trio.testing
 from hephaestus_trio import (
     Done,
     MemoryStorage,
-    SQLiteStorage,
     Status,
     Step,
     Unique,
@@ -29,17 +28,6 @@ from hephaestus_trio import (
 )
 
 CLOCK = trio_wall_clock(datetime(2030, 1, 1, tzinfo=UTC))
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def storage(request: Any, tmp_path: Any, mock_clock: Any) -> Any:
-    """Each backend, with virtual time. SQLite does real I/O in worker threads, so
-    its clock jumps only after 50 ms of real idleness (never while a write runs)."""
-    if request.param == "memory":
-        mock_clock.autojump_threshold = 0
-        return MemoryStorage()
-    mock_clock.autojump_threshold = 0.05
-    return SQLiteStorage(tmp_path / "wakeups.db")
 
 
 class Begin(Step):

@@ -34,7 +34,7 @@ from ..core._instance import Instance, Status
 from ..core._json import check_json_safe
 from ..core._serialization import dumps
 from ..core._workflow import Workflow, get_workflow
-from ..runtime._open_engine import cancel_directly, request_cancel, resume_run
+from ..runtime._calls import cancel_directly, request_cancel, resume_run
 from ..storage import SQLiteStorage, Storage, storage_from_url
 from ._progress import Progress
 

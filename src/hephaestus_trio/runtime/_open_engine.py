@@ -25,7 +25,7 @@ import random
 import socket
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, final
@@ -36,8 +36,6 @@ import trio_util
 
 from .._errors import (
     AlreadyRunning,
-    AmbiguousInstance,
-    Backpressure,
     EngineClosed,
     InstanceNotFound,
     InvalidResume,
@@ -45,7 +43,6 @@ from .._errors import (
     UnknownWorkflow,
     WorkflowDefinitionError,
 )
-from ..core import _decisions as decide
 from ..core._facade import current_engine
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._json import check_json_safe
@@ -58,11 +55,11 @@ from ..storage._protocol import (
     NewWakeup,
     Storage,
     UniqueViolation,
-    Wakeup,
     WakeupKind,
     WakeupRefused,
     WorkflowKey,
 )
+from ._calls import cancel_directly, find_run, request_cancel, resume_run
 from ._clock import WallClock
 from ._driver import drive
 from ._ownership import claim_loop, claim_now, renew_loop
@@ -249,19 +246,9 @@ class Engine:
     def _matches(self, instance: Instance, workflow: str | None) -> bool:
         return workflow is None or workflow in (instance.workflow, self._family(instance))
 
-    async def _runs_of(self, id: str, workflow: str | None) -> list[Instance]:
-        runs = [i for i in await self.storage.query(id=id) if self._matches(i, workflow)]
-        if not runs:
-            raise InstanceNotFound(id)
-        return runs
-
     async def _live_run(self, id: str, workflow: str | None) -> tuple[Instance | None, Instance]:
         """(live run or None, most recent run) for business id ``id``."""
-        runs = await self._runs_of(id, workflow)
-        live = [i for i in runs if i.status.is_live]
-        if len(live) > 1:
-            raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
-        return (live[0] if live else None), runs[-1]
+        return await find_run(self.storage, id, workflow, self._matches)
 
     def _poke(self, run_id: str) -> None:
         entry = self._runs.get(run_id)
@@ -347,7 +334,7 @@ class Engine:
                 raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
             payload = dict(payload)
             check_json_safe(payload, "payload")
-        await resume_run(
+        added = await resume_run(
             self.storage,
             self.workflow_for,
             id,
@@ -359,8 +346,9 @@ class Engine:
             now=self.clock.now(),
             max_pending=self.inbox_size,
             matches=self._matches,
-            poke=self._poke,
         )
+        if added is not None:
+            self._poke(added.run_id)
 
     async def schedule_resume(
         self,
@@ -557,111 +545,6 @@ class Engine:
                 await self.purge(retention)
             except Exception:
                 logger.exception("retention purge failed; will retry")
-
-
-# -- calls that need no engine (the CLI uses them too) -----------------------------
-
-
-async def resume_run(
-    storage: Storage,
-    workflow_for: Callable[[Instance], type[Workflow]],
-    id: str,
-    event: str,
-    payload: Mapping[str, Any] | None,
-    *,
-    step: str | None,
-    workflow: str | None,
-    dedup_key: str | None,
-    now: datetime,
-    max_pending: int | None,
-    matches: Any = None,
-    poke: Any = None,
-) -> Wakeup | None:
-    """Validate a resume against the stored run and record it; ``None`` if deduplicated.
-
-    Shared by ``Engine.resume`` and the command line (which has no engine);
-    ``workflow_for`` finds the run's workflow class (or raises).
-    """
-    runs = [
-        i
-        for i in await storage.query(id=id)
-        if (matches(i, workflow) if matches is not None else workflow in (None, i.workflow))
-    ]
-    if not runs:
-        raise InstanceNotFound(id)
-    live = [i for i in runs if i.status.is_live]
-    if len(live) > 1:
-        raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
-    if not live:
-        if dedup_key is not None and await storage.seen_dedup_key(runs[-1].run_id, dedup_key):
-            return None
-        raise InvalidResume(id, event, f"the instance is {runs[-1].status.value}")
-    run = live[0]
-    wf = workflow_for(run)
-    pending = {
-        w.step
-        for w in await storage.wakeups(run.run_id)
-        if w.kind is WakeupKind.RESUME and w.step is not None
-    }
-    try:
-        chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
-    except InvalidResume:
-        if dedup_key is not None and await storage.seen_dedup_key(run.run_id, dedup_key):
-            return None
-        raise
-    try:
-        added = await storage.add_wakeup(
-            NewWakeup(
-                run_id=run.run_id,
-                kind=WakeupKind.RESUME,
-                step=chosen,
-                event=event,
-                payload=payload,
-                dedup_key=dedup_key,
-                due_at=now,
-            ),
-            now=now,
-            max_pending=max_pending,
-        )
-    except WakeupRefused as exc:
-        if exc.reason == "full":
-            raise Backpressure(id, max_pending or 0) from None
-        if exc.reason == "step_pending":
-            raise InvalidResume(
-                id, event, f"step {chosen!r} already has a pending resume"
-            ) from None
-        raise InvalidResume(id, event, f"the instance is {exc.status}") from None
-    if added is not None and poke is not None:
-        poke(run.run_id)
-    return added
-
-
-async def request_cancel(storage: Storage, run: Instance, *, now: datetime) -> None:
-    """Record a cancel request for live ``run`` (idempotent).
-
-    Raises:
-        NotCancellable: the run is no longer live.
-    """
-    try:
-        await storage.add_wakeup(
-            NewWakeup(run_id=run.run_id, kind=WakeupKind.CANCEL, due_at=now), now=now
-        )
-    except WakeupRefused as exc:
-        raise NotCancellable(run.id, exc.status or "gone") from None
-
-
-async def cancel_directly(storage: Storage, lease: Lease, *, now: datetime) -> Instance | None:
-    """Apply a cancel with one fenced write under ``lease`` (no step code runs).
-
-    Used when the caller claimed an unowned run it cannot drive (its workflow
-    is not registered here, or the caller is the command line).
-    """
-    run = await storage.get(lease.run_id)
-    if run is None or run.is_terminal:
-        return run
-    decision = decide.apply_cancel(run, at=now)
-    await storage.write(lease, decision.instance, now=now)
-    return decision.instance
 
 
 # -- open_engine ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ..storage._protocol import WakeupKind
 from ._runs import RunEntry
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ async def poke_owned(engine: Engine) -> None:
         # from elsewhere must interrupt it now, not when the step returns.
         if entry.interruptible:
             wakeups = await engine.storage.wakeups(run_id)
-            if any(w.kind.value == "cancel" for w in wakeups):
+            if any(w.kind is WakeupKind.CANCEL for w in wakeups):
                 entry.interrupt()
 
 

@@ -1,0 +1,142 @@
+"""Calls on a run that need no engine: the running engine and the command line share them.
+
+Each validates against the *stored* run and only adds a wakeup row (or, for a
+cancel of a run nobody owns, writes once under a lease of its own), so it is
+the same whether an engine of this process, another engine, or no engine at
+all drives the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from .._errors import (
+    AmbiguousInstance,
+    Backpressure,
+    InstanceNotFound,
+    InvalidResume,
+    NotCancellable,
+)
+from ..core import _decisions as decide
+from ..core._instance import Instance
+from ..core._workflow import Workflow
+from ..storage._protocol import Lease, NewWakeup, Storage, Wakeup, WakeupKind, WakeupRefused
+
+__all__ = ["Matches", "cancel_directly", "find_run", "request_cancel", "resume_run"]
+
+Matches = Callable[[Instance, str | None], bool]
+"""Whether a run belongs to the workflow a caller named (``None``: any)."""
+
+
+def _same_workflow(instance: Instance, workflow: str | None) -> bool:
+    return workflow is None or workflow == instance.workflow
+
+
+async def find_run(
+    storage: Storage, id: str, workflow: str | None, matches: Matches | None = None
+) -> tuple[Instance | None, Instance]:
+    """(the live run of business id ``id`` or ``None``, its most recent run).
+
+    Raises:
+        InstanceNotFound: no run has this id (among ``workflow``'s).
+        AmbiguousInstance: several live runs share it; the caller must narrow.
+    """
+    keep = matches or _same_workflow
+    runs = [i for i in await storage.query(id=id) if keep(i, workflow)]
+    if not runs:
+        raise InstanceNotFound(id)
+    live = [i for i in runs if i.status.is_live]
+    if len(live) > 1:
+        raise AmbiguousInstance(id, tuple(sorted(i.workflow for i in live)))
+    return (live[0] if live else None), runs[-1]
+
+
+async def resume_run(
+    storage: Storage,
+    workflow_for: Callable[[Instance], type[Workflow]],
+    id: str,
+    event: str,
+    payload: Mapping[str, Any] | None,
+    *,
+    step: str | None,
+    workflow: str | None,
+    dedup_key: str | None,
+    now: datetime,
+    max_pending: int | None,
+    matches: Matches | None = None,
+) -> Wakeup | None:
+    """Validate a resume against the stored run and record it; ``None`` if deduplicated.
+
+    Shared by ``Engine.resume`` and the command line (which has no engine);
+    ``workflow_for`` finds the run's workflow class (or raises).
+    """
+    run, latest = await find_run(storage, id, workflow, matches)
+    if run is None:
+        if dedup_key is not None and await storage.seen_dedup_key(latest.run_id, dedup_key):
+            return None
+        raise InvalidResume(id, event, f"the instance is {latest.status.value}")
+    wf = workflow_for(run)
+    pending = {
+        w.step
+        for w in await storage.wakeups(run.run_id)
+        if w.kind is WakeupKind.RESUME and w.step is not None
+    }
+    try:
+        chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
+    except InvalidResume:
+        if dedup_key is not None and await storage.seen_dedup_key(run.run_id, dedup_key):
+            return None
+        raise
+    try:
+        added = await storage.add_wakeup(
+            NewWakeup(
+                run_id=run.run_id,
+                kind=WakeupKind.RESUME,
+                step=chosen,
+                event=event,
+                payload=payload,
+                dedup_key=dedup_key,
+                due_at=now,
+            ),
+            now=now,
+            max_pending=max_pending,
+        )
+    except WakeupRefused as exc:
+        if exc.reason == "full":
+            raise Backpressure(id, max_pending or 0) from None
+        if exc.reason == "step_pending":
+            raise InvalidResume(
+                id, event, f"step {chosen!r} already has a pending resume"
+            ) from None
+        raise InvalidResume(id, event, f"the instance is {exc.status}") from None
+    return added
+
+
+async def request_cancel(storage: Storage, run: Instance, *, now: datetime) -> None:
+    """Record a cancel request for live ``run`` (idempotent).
+
+    Raises:
+        NotCancellable: the run is no longer live.
+    """
+    try:
+        await storage.add_wakeup(
+            NewWakeup(run_id=run.run_id, kind=WakeupKind.CANCEL, due_at=now), now=now
+        )
+    except WakeupRefused as exc:
+        raise NotCancellable(run.id, exc.status or "gone") from None
+
+
+async def cancel_directly(storage: Storage, lease: Lease, *, now: datetime) -> Instance | None:
+    """Apply a cancel with one fenced write under ``lease`` (no step code runs).
+
+    Used when the caller claimed an unowned run it cannot drive (its workflow
+    is not registered here, or the caller is the command line).
+    """
+    run = await storage.get(lease.run_id)
+    if run is None or run.is_terminal:
+        return run
+    decision = decide.apply_cancel(run, at=now)
+    await storage.write(lease, decision.instance, now=now)
+    return decision.instance
