@@ -49,6 +49,21 @@ def history(inst):
     return [(e.step, e.event) for e in inst.execution_history]
 
 
+async def until_hibernating(engine, *ids):
+    """Wait (in virtual time) until every run parked and gave up its task.
+
+    On SQLite the mock clock may jump while a write is in its worker thread,
+    so a fixed sleep could look before the park is written.
+    """
+    for _ in range(200):
+        await trio.testing.wait_all_tasks_blocked()
+        runs = [await engine.get(i) for i in ids]
+        if all(r.status is Status.WAITING for r in runs) and engine.live_tasks == 0:
+            return runs
+        await trio.sleep(0.5)
+    raise AssertionError(f"never hibernated: {[(r.id, r.status) for r in runs]}")
+
+
 class Slow(Step):
     """Runs for 60 s of virtual time, counting each execution per run."""
 
@@ -366,9 +381,7 @@ async def test_cancel_through_another_engine_stops_the_owners_running_step(autoj
 async def test_a_run_parked_on_a_long_timer_hibernates_and_fires_on_time(storage, mock_clock):
     async with open_engine(storage, [Sleepy], wall_clock=CLOCK) as engine:
         iid = await engine.start_instance(Sleepy, id="sleepy::week")
-        await trio.sleep(2)
-        await trio.testing.wait_all_tasks_blocked()
-        parked = await engine.get(iid)
+        (parked,) = await until_hibernating(engine, iid)
         assert parked.status is Status.WAITING
         assert len(parked.timers) == 1
         assert engine.live_tasks == 0  # a pending timer keeps no task
@@ -394,7 +407,7 @@ async def test_timer_handle_state_follows_the_storage(storage, mock_clock):
         fired_id = await engine.start_instance(Holding, id="holding::fires")
         cancelled_id = await engine.start_instance(Holding, id="holding::cancelled")
         stopped_id = await engine.start_instance(Holding, id="holding::stopped")
-        await trio.sleep(2)
+        await until_hibernating(engine, fired_id, cancelled_id, stopped_id)
         fires = await engine.schedule_resume(fired_id, "hold", 10)
         cancelled = await engine.schedule_resume(cancelled_id, "hold", 10)
         stopped = await engine.schedule_resume(stopped_id, "hold", 10)
