@@ -180,14 +180,18 @@ async def test_resuming_a_parked_run_with_an_edited_definition_raises(
 
 async def test_a_running_refused_run_can_still_be_cancelled(autojump_clock: Any) -> None:
     storage = MemoryStorage()
+    stops: list[str] = []
     async with open_engine(storage=storage, workflows=[OrderV1], wall_clock=CLOCK) as engine:
         iid = await engine.start_instance(OrderV1, id="order::d4")
         await trio.sleep(1)
     async with open_engine(storage=storage, workflows=[EditedV1], wall_clock=CLOCK) as engine:
+        engine.subscribe(lambda e: stops.append(e.metadata["status"]), events=["workflow.stop"])
         await trio.sleep(1)
         assert engine.statistics().refused == 1
         cancelled = await engine.cancel(iid)
     assert cancelled.status is Status.CANCELLED
+    assert cancelled.completions == ()
+    assert stops == ["cancelled"]  # announced exactly once
 
 
 async def test_runs_stored_before_fingerprints_are_trusted(autojump_clock: Any) -> None:

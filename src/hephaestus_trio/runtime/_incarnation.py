@@ -229,6 +229,8 @@ class Incarnation:
             decision = decide.apply_cancel(self.state, at=self.now())
             await self.commit(decision.instance, consume=cancel[:1])
             self.emit("instance.cancel", {})
+            self.entry.closing = True
+            self.engine._finished(decision.instance)  # workflow.stop, once
             return
         self.engine._refused_run(self.run_id, mismatch)
         self.entry.closing = True
@@ -496,7 +498,7 @@ class Incarnation:
         record: Callable[[AttemptFailed], Awaitable[None]],
     ) -> None:
         inst = self.state
-        failed = inst.failed_attempts(key)
+        failed = inst.failed_attempts(key)  # persisted: they survive restarts
         delay = 0.0
         if failed:
             # Restarted in the middle of retries: continue the count, and wait
@@ -514,7 +516,7 @@ class Incarnation:
             emit=self.engine.bus.emit,
             metadata=self.metadata,
             rng=self.engine.rng,
-            first_attempt=decide.next_attempt(inst, key),
+            first_attempt=len(failed) + 1,  # decide.next_attempt, without a second scan
             first_delay=max(delay, 0.0),
             backing_off=self.backing_off,
         )
