@@ -317,3 +317,26 @@ async def test_the_retry_level_can_be_changed(
         await engine.wait(await engine.start_instance(flow, id="quiet::a"))
     [retry] = [r for r in caplog.records if r.getMessage().startswith("[step.exception]")]
     assert retry.levelno == logging.INFO
+
+
+async def test_a_cancel_during_retries_keeps_the_failed_attempts(
+    storage: Storage, mock_clock: Any
+) -> None:
+    policy = RetryPolicy(max_attempts=5, backoff="constant", base=30.0)
+    flow = make_flow(policy, "cancelled")
+    RAISES["cancelled::a"] = [TimeoutError(f"upstream {k}") for k in range(1, 6)]
+    async with open_engine(storage=storage, workflows=[flow]) as engine:
+        iid = await engine.start_instance(flow, id="cancelled::a")
+        while len(RUNS[iid]) < 2:
+            await trio.sleep(1)
+        cancelled = await engine.cancel(iid)
+        await trio.sleep(100)
+        assert len(RUNS[iid]) == 2  # no attempt after the cancel
+        assert await engine.get(iid) == cancelled
+    assert cancelled.status is Status.CANCELLED
+    assert [
+        (e.attempt, e.error.message if e.error else None) for e in cancelled.execution_history
+    ] == [
+        (1, "upstream 1"),
+        (2, "upstream 2"),
+    ]

@@ -480,11 +480,15 @@ class Incarnation:
         async def keep(message: Message) -> None:
             reported.append(message)
 
+        async def record(message: AttemptFailed) -> None:
+            # The step runs in the loop task, so the loop writes its failed attempts
+            # itself, shielded from the step's scope: a cancel request interrupting
+            # the step must not cut a write whose outcome the loop would not know.
+            with trio.CancelScope(shield=True):
+                await self._record_attempt(message)
+
         with self.executing[key]:
-            # The step runs in the loop task: the loop writes its failed attempts itself.
-            await self._attempts(
-                key, self.workflow.definition().steps[key], keep, self._record_attempt
-            )
+            await self._attempts(key, self.workflow.definition().steps[key], keep, record)
         if not reported:
             self.executing.pop(key, None)
             return Poke()  # interrupted: re-read the wakeups (a cancel is waiting)
