@@ -22,7 +22,6 @@ from hephaestus_trio import (
     Done,
     Instance,
     LoggingHandler,
-    MemoryStorage,
     RetryPolicy,
     SQLiteStorage,
     Status,
@@ -236,7 +235,7 @@ async def _reopened(storage: Storage, run_id: str) -> Instance:
 
 
 async def test_a_restart_in_the_middle_of_retries_continues_the_count(
-    autojump_clock: Any,
+    storage: Storage, mock_clock: Any
 ) -> None:
     """Engine A makes attempt 1 and closes during the backoff; B goes on with attempt 2.
 
@@ -247,7 +246,6 @@ async def test_a_restart_in_the_middle_of_retries_continues_the_count(
     policy = RetryPolicy(max_attempts=3, backoff="constant", base=10.0)
     flow = make_flow(policy, "restart")
     RAISES["restart::a"] = [RuntimeError(f"boom {k}") for k in range(1, 10)]
-    storage = MemoryStorage()
     clock = trio_wall_clock(datetime(2030, 1, 1, tzinfo=UTC))  # one wall clock for both
     async with open_engine(storage=storage, workflows=[flow], wall_clock=clock) as engine:
         t0 = trio.current_time()
