@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 import attrs
@@ -213,3 +214,20 @@ async def test_statistics_count_what_the_engine_holds(autojump_clock: Any) -> No
         await engine.wait("crash::s")
         after = engine.statistics()
         assert (after.runs, after.running, after.steps, after.tasks, after.leases) == (0,) * 5
+
+
+async def test_retention_and_purge_values_are_checked(autojump_clock: Any) -> None:
+    with pytest.raises(InvalidValue, match="retention must be a positive timedelta"):
+        async with open_engine(retention=timedelta(0)):
+            pass
+    with pytest.raises(InvalidValue, match="retention must be a positive timedelta"):
+        async with open_engine(retention=3600):  # type: ignore[arg-type]
+            pass
+    async with open_engine() as engine:
+        with pytest.raises(InvalidValue, match="older_than must be an age >= 0"):
+            await engine.purge(timedelta(days=-1))
+        with pytest.raises(InvalidValue, match="timezone-aware"):
+            await engine.purge(datetime(2030, 1, 1))
+        with pytest.raises(InvalidValue, match="got int 7"):
+            await engine.purge(7)  # type: ignore[arg-type]
+        assert await engine.purge(timedelta(days=1)) == 0

@@ -612,8 +612,13 @@ class Engine:
         return self.bus.subscribe(handler, events)
 
     async def purge(self, older_than: timedelta | datetime) -> int:
-        """Delete terminal runs last updated before ``older_than`` (an age or a time)."""
+        """Delete terminal runs last updated before ``older_than`` (an age or a time).
+
+        Raises:
+            InvalidValue: a negative age, a naive datetime, or neither kind of value.
+        """
         self._check_open()
+        _check_age_or_time("older_than", older_than)
         cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
         return await self.storage.purge(cutoff)
 
@@ -733,6 +738,23 @@ def _positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def _check_age_or_time(name: str, value: Any) -> None:
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise InvalidValue(f"{name} must be an age >= 0 or a datetime, got {value!r}")
+        return
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidValue(
+                f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value!r}"
+            )
+        return
+    raise InvalidValue(
+        f"{name} must be a timedelta (an age) or an aware datetime, got {type(value).__name__} "
+        f"{value!r}"
+    )
+
+
 @asynccontextmanager
 async def open_engine(
     storage: Storage | None = None,
@@ -774,6 +796,13 @@ async def open_engine(
             iid = await engine.start_instance(OrderFlow, {"items": 3}, id="orderid::abc123")
             final = await engine.wait(iid)
     """
+    if retention is not None and (
+        not isinstance(retention, timedelta) or retention <= timedelta(0)
+    ):
+        raise InvalidValue(
+            f"retention must be a positive timedelta (e.g. timedelta(days=7)) or None, "
+            f"got {retention!r}"
+        )
     if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
         raise InvalidValue(f"inbox_size must be a positive int (1, 2, ...), got {inbox_size!r}")
     ttl = _positive("lease_ttl", lease_ttl)
