@@ -71,7 +71,9 @@ class LoggingHandler:
             return
         where = meta.get("instance_id", "")
         step = meta.get("step")
-        skip = {"instance_id", "step", "traceback"}
+        # The traceback goes on lines of its own; an exception object (for
+        # handlers that record it) is already summarised by ``error``.
+        skip = {"instance_id", "step", "traceback", "exception"}
         detail = " ".join(f"{k}={v}" for k, v in meta.items() if k not in skip)
         measured = " ".join(f"{k}={v:.6g}" for k, v in event.measurements.items())
         text = f"[{event.name}] {where}" + (f" step={step}" if step else "")
