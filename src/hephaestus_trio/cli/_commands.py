@@ -278,7 +278,13 @@ async def cmd_show(args: argparse.Namespace) -> int:
     print()
     if i.execution_history:
         rows = [
-            (n, _stamp(e.timestamp), e.step, e.event, e.attempt)
+            (
+                n,
+                _stamp(e.timestamp),
+                e.step,
+                e.event if e.error is None else f"(attempt failed: {e.error})",
+                e.attempt,
+            )
             for n, e in enumerate(i.execution_history, 1)
         ]
         print(format_table(("#", "AT", "STEP", "EVENT", "ATTEMPT"), rows))

@@ -64,6 +64,7 @@ from ..core._instance import (
     Status,
     TimerRecord,
 )
+from ..core._shape import DefinitionShape
 from ..storage._protocol import (
     Lease,
     NewWakeup,
@@ -293,10 +294,36 @@ def _full_run(run_id: str, status: Status, at: datetime) -> Instance:
         telemetry_metadata={"tenant": "acme"},
         execution_history=(
             ExecutionEntry(step="validate", event="valid", timestamp=at, context_updates={"ok": 1}),
+            ExecutionEntry(
+                step="ship",
+                event="",
+                timestamp=at,
+                attempt=2,
+                error=ErrorRecord(
+                    kind="timeout",
+                    message="too slow",
+                    step="ship",
+                    exception_type="trio.TooSlowError",
+                    attempt=2,
+                    traceback='Traceback (most recent call last):\n  File "x.py"\nTooSlowError\n',
+                ),
+            ),
             ExecutionEntry(step="ship", event="done", timestamp=at, attempt=3, wakeup=7),
         ),
         error=ErrorRecord(
-            kind="crash", message="boom", step="ship", exception_type="OSError", attempt=2
+            kind="crash",
+            message="boom",
+            step="ship",
+            exception_type="OSError",
+            attempt=2,
+            traceback="Traceback (most recent call last):\nOSError: boom \u00fc\n",
+        ),
+        definition_fingerprint="sha256:" + "0" * 64,
+        definition_shape=DefinitionShape(
+            start="validate",
+            steps=("done", "ship", "validate", "wait"),
+            events=(("ship", "done"), ("validate", "valid"), ("wait", "timeout")),
+            transitions=(("validate", "valid", "ship"), ("validate", "valid", "wait")),
         ),
         updated_at=at,
     )
