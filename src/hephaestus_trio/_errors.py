@@ -16,6 +16,7 @@ __all__ = [
     "InstanceRestarted",
     "InvalidResume",
     "LeaseLost",
+    "MissingExtra",
     "NotCancellable",
     "StorageError",
     "UndeclaredEvent",
@@ -180,3 +181,24 @@ class LeaseLost(HephaestusError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.run_id, self.owner, self.epoch))
+
+
+class MissingExtra(HephaestusError, ImportError):
+    """An optional integration was used without the package it needs.
+
+    Raised when ``OpenTelemetryHandler`` or ``PrometheusHandler`` is created and
+    its extra is not installed. The names stay importable without the extras, so
+    only code that actually uses an integration needs its dependency.
+    """
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.package = package
+        super().__init__(
+            f"{feature} needs the {package!r} package, which is not installed; install the "
+            f"extra with: pip install 'hephaestus-trio[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.feature, self.extra, self.package))

@@ -22,9 +22,17 @@ DEFAULT_LEVELS: dict[str, int] = {
     "runner.init": logging.INFO,
     "instance.restart": logging.WARNING,
     "instance.cancel": logging.INFO,
+    "incarnation.start": logging.DEBUG,
+    "incarnation.stop": logging.DEBUG,
+    "storage.commit": logging.DEBUG,
 }
 """``workflow.*``, ``step.start|stop|resume`` and ``runner.init`` at INFO, ``step.async``
-at WARNING, exceptions at ERROR, ``workflow.transition`` and ``engine.advance`` at DEBUG."""
+at WARNING, exceptions at ERROR; ``workflow.transition``, ``engine.advance``,
+``incarnation.*`` and ``storage.commit`` at DEBUG."""
+
+_NOT_LOGGED = frozenset({"instance_id", "step", "exception", "trace_context"})
+"""Metadata keys left out of the detail text: shown elsewhere in the line, already
+rendered by ``error``, or only meant for tracing handlers."""
 
 
 class LoggingHandler:
@@ -50,7 +58,7 @@ class LoggingHandler:
         meta = event.metadata
         where = meta.get("instance_id", "")
         step = meta.get("step")
-        detail = " ".join(f"{k}={v}" for k, v in meta.items() if k not in {"instance_id", "step"})
+        detail = " ".join(f"{k}={v}" for k, v in meta.items() if k not in _NOT_LOGGED)
         measured = " ".join(f"{k}={v:.6g}" for k, v in event.measurements.items())
         text = f"[{event.name}] {where}" + (f" step={step}" if step else "")
         self.logger.log(level, "%s %s %s", text, detail, measured)

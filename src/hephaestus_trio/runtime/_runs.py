@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from ..core._instance import Status
 from ..storage._protocol import Lease
 from ._messages import Message, Poke
 
@@ -38,6 +39,8 @@ class RunEntry:
         self.done = trio.Event()
         self.metadata: dict[str, Any] = {"run_id": lease.run_id}
         """Event metadata of the run, filled in by its loop once it read the run."""
+        self.status: Status | None = None
+        """The run's status as its loop last read or wrote it (``None`` before the read)."""
         self._poke_pending = False
         self._interrupt: Callable[[], None] | None = None
 

@@ -76,7 +76,13 @@ async def run_step(
             emit(
                 "step.exception",
                 {"duration": duration, "attempt": float(attempt)},
-                {**meta, "error": repr(exc), "kind": type(exc).__name__, "will_retry": retry},
+                {
+                    **meta,
+                    "error": repr(exc),
+                    "kind": type(exc).__name__,
+                    "will_retry": retry,
+                    "exception": exc,
+                },
             )
             if retry:
                 await trio.sleep(policy.delay(attempt, rng))
