@@ -300,7 +300,8 @@ class Incarnation:
                     measurements,
                     step=message.step,
                     event=None,
-                    **{"failed": True, "reason": reason},
+                    failed=True,
+                    reason=reason,
                 )
 
     # -- wakeups ----------------------------------------------------------------
