@@ -17,6 +17,7 @@ from ._errors import InstanceNotFound as InstanceNotFound
 from ._errors import InstanceRestarted as InstanceRestarted
 from ._errors import InvalidResume as InvalidResume
 from ._errors import LeaseLost as LeaseLost
+from ._errors import MissingExtra as MissingExtra
 from ._errors import NotCancellable as NotCancellable
 from ._errors import StorageError as StorageError
 from ._errors import UndeclaredEvent as UndeclaredEvent
@@ -45,6 +46,8 @@ from .core._workflow import route as route
 from .observability import EVENT_NAMES as EVENT_NAMES
 from .observability import Event as Event
 from .observability import LoggingHandler as LoggingHandler
+from .observability import OpenTelemetryHandler as OpenTelemetryHandler
+from .observability import PrometheusHandler as PrometheusHandler
 from .runtime import Engine as Engine
 from .runtime import TimerHandle as TimerHandle
 from .runtime import open_engine as open_engine
@@ -82,7 +85,10 @@ __all__ = [
     "LeaseLost",
     "LoggingHandler",
     "MemoryStorage",
+    "MissingExtra",
     "NotCancellable",
+    "OpenTelemetryHandler",
+    "PrometheusHandler",
     "RestartPolicy",
     "RetryPolicy",
     "SQLiteStorage",
