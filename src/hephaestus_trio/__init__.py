@@ -11,6 +11,7 @@ from . import serialization as serialization
 from ._errors import AlreadyRunning as AlreadyRunning
 from ._errors import AmbiguousInstance as AmbiguousInstance
 from ._errors import Backpressure as Backpressure
+from ._errors import ConfigurationError as ConfigurationError
 from ._errors import EngineClosed as EngineClosed
 from ._errors import HephaestusError as HephaestusError
 from ._errors import InstanceNotFound as InstanceNotFound
@@ -66,6 +67,7 @@ __all__ = [
     "AmbiguousInstance",
     "Backpressure",
     "Complete",
+    "ConfigurationError",
     "Context",
     "Debug",
     "Done",

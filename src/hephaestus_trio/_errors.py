@@ -10,6 +10,7 @@ __all__ = [
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",
+    "ConfigurationError",
     "EngineClosed",
     "HephaestusError",
     "InstanceNotFound",
@@ -202,3 +203,11 @@ class MissingExtra(HephaestusError, ImportError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.feature, self.extra, self.package))
+
+
+class ConfigurationError(HephaestusError, TypeError):
+    """An integration was given an object of the wrong kind (a registry, a provider).
+
+    Raised when the handler is created, before any engine uses it; the message
+    names the argument, what it got and what it accepts.
+    """

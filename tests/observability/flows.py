@@ -142,4 +142,9 @@ class Napping(Workflow, unique=Unique(key="napping")):
     transitions = {(Nap, "ok"): Done}
 
 
-ALL = [Linear, Gated, EarlyResume, Timed, Refusing, Crashing, TimingOut, Napping]
+class Quick(Workflow, unique=Unique(key="quick")):
+    start_at = Done
+    transitions = {}
+
+
+ALL = [Quick, Linear, Gated, EarlyResume, Timed, Refusing, Crashing, TimingOut, Napping]

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .._errors import MissingExtra
+from .._errors import ConfigurationError, MissingExtra
 from .._version import __version__
 from ._events import Event
 
@@ -91,6 +91,7 @@ class OpenTelemetryHandler:
 
     Raises:
         MissingExtra: ``opentelemetry-api`` is not installed (the ``otel`` extra).
+        ConfigurationError: ``tracer_provider`` is not a tracer provider.
     """
 
     def __init__(self, tracer_provider: Any = None) -> None:
@@ -98,6 +99,13 @@ class OpenTelemetryHandler:
             from opentelemetry import context, propagate, trace
         except ImportError as exc:
             raise MissingExtra("OpenTelemetryHandler", "otel", "opentelemetry-api") from exc
+        if tracer_provider is not None and not callable(
+            getattr(tracer_provider, "get_tracer", None)
+        ):
+            raise ConfigurationError(
+                "OpenTelemetryHandler(tracer_provider=...) must be an opentelemetry "
+                f"TracerProvider or None (the global one), got {tracer_provider!r}"
+            )
         self._trace = trace
         self._propagate = propagate
         self._context = context

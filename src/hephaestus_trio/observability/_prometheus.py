@@ -17,7 +17,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._errors import MissingExtra
+from .._errors import ConfigurationError, MissingExtra
 from ._events import Event
 
 __all__ = ["METRICS", "PrometheusHandler"]
@@ -154,7 +154,9 @@ class _Metrics:
             "Duration of one fenced write of a run's state.",
             COMMIT_BUCKETS,
         )
-        self.gauges = _GaugeCollector(client.core.GaugeMetricFamily)
+        from prometheus_client.core import GaugeMetricFamily
+
+        self.gauges = _GaugeCollector(GaugeMetricFamily)
         registry.register(self.gauges)
 
 
@@ -179,6 +181,7 @@ class PrometheusHandler:
 
     Raises:
         MissingExtra: ``prometheus-client`` is not installed (the ``prometheus`` extra).
+        ConfigurationError: ``registry`` is not a ``CollectorRegistry``.
     """
 
     def __init__(self, registry: Any = None) -> None:
@@ -188,8 +191,9 @@ class PrometheusHandler:
             raise MissingExtra("PrometheusHandler", "prometheus", "prometheus-client") from exc
         chosen = registry if registry is not None else prometheus_client.REGISTRY
         if not isinstance(chosen, prometheus_client.CollectorRegistry):
-            raise TypeError(
-                f"registry must be a prometheus_client.CollectorRegistry or None, got {chosen!r}"
+            raise ConfigurationError(
+                f"PrometheusHandler(registry=...) must be a prometheus_client.CollectorRegistry "
+                f"or None (the default registry), got {chosen!r}"
             )
         self.registry = chosen
         with _BY_REGISTRY_LOCK:
