@@ -214,10 +214,10 @@ def _progress(text: str, out: Any) -> None:
 
 
 def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e f) and return the rows."""
+    """Run the benchmarks (or the ``only`` ones: a b c d e f g h i) and return the rows."""
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e", "f"}
+    wanted = only or {"a", "b", "c", "d", "e", "f", "g", "h", "i"}
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -336,6 +336,52 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                 shortfall=f"{week - untimed:.2f} KiB more than a run with no timer",
             )
         )
+    rows.extend(_observability_rows(sizes, tmp, wanted, out))
+    return rows
+
+
+def _observability_rows(sizes: Sizes, tmp: Path, wanted: set[str], out: Any) -> list[Row]:
+    """(g) tracing and metrics disabled, (h) tracing on, (i) metrics on: row (a)'s workload."""
+    from . import _observability as obs
+
+    rows: list[Row] = []
+    count = sizes.throughput
+    if "g" in wanted:
+        _progress(f"(g) tracing and metrics disabled, {count} instances, memory", out)
+        engine, baseline = obs.compare("memory", count, tmp, sizes.repeats, "none", "unhooked")
+        ratio = engine / baseline
+        rows.append(
+            Row(
+                key="g",
+                label=f"no tracing/metrics handler vs hooks removed, {count:,} orders, memory",
+                engine=engine,
+                baseline=baseline,
+                unit="inst/s",
+                higher_is_better=True,
+                target=">= 0.95 of baseline",
+                met=ratio >= 0.95,
+                shortfall=f"{ratio:.3g} of baseline",
+            )
+        )
+    for key, side, name in (
+        ("h", "otel", "OpenTelemetryHandler"),
+        ("i", "prometheus", "PrometheusHandler"),
+    ):
+        if key not in wanted:
+            continue
+        for kind in ("memory", "sqlite"):
+            _progress(f"({key}) {name} on, {count} instances, {kind}", out)
+            engine, baseline = obs.compare(kind, count, tmp, sizes.repeats, side, "none")
+            rows.append(
+                Row(
+                    key=key,
+                    label=f"{name} vs no handler, {count:,} orders, {kind}",
+                    engine=engine,
+                    baseline=baseline,
+                    unit="inst/s",
+                    higher_is_better=True,
+                )
+            )
     return rows
 
 

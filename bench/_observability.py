@@ -1,0 +1,122 @@
+"""What tracing and metrics cost: the throughput workload of row (a), with and without them.
+
+Three comparisons, each interleaved in the same run (best of ``repeats``):
+
+- (g) *disabled*: the engine as shipped, no tracing or metrics handler, against
+  the same engine with its tracing and metrics hooks patched out (no
+  ``incarnation.*`` announcements, no trace-context capture). The ratio shows
+  what the hooks cost when nobody uses them: it should be 1 within noise.
+- (h) *OpenTelemetry on*: an ``OpenTelemetryHandler`` on an SDK tracer provider
+  whose exporter drops every span (the cost of building and ending spans,
+  not of shipping them), against no handler.
+- (i) *Prometheus on*: a ``PrometheusHandler`` on a fresh registry, against
+  no handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import trio
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from prometheus_client import CollectorRegistry
+
+from hephaestus_trio import OpenTelemetryHandler, PrometheusHandler, open_engine
+from hephaestus_trio.observability import EventBus
+from hephaestus_trio.runtime._incarnation import Incarnation
+
+from ._flows import BenchOrder
+from ._measure import _Countdown, _storage
+
+__all__ = ["hooks_removed", "observed_throughput"]
+
+
+class _Dropping(SpanExporter):
+    """Accepts every span and keeps none."""
+
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def _tracing() -> OpenTelemetryHandler:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_Dropping()))
+    return OpenTelemetryHandler(provider)
+
+
+HANDLERS: dict[str, Callable[[], list[Any]]] = {
+    "none": list,
+    "otel": lambda: [_tracing()],
+    "prometheus": lambda: [PrometheusHandler(CollectorRegistry())],
+}
+
+
+@contextlib.contextmanager
+def hooks_removed() -> Iterator[None]:
+    """The engine without its tracing and metrics hooks: what it cost before them."""
+    saved = (
+        Incarnation._announce_start,
+        Incarnation._announce_stop,
+        EventBus.capture_trace_context,
+    )
+
+    def no_start(self: Incarnation, inst: Any) -> None:
+        self.entry.status = inst.status
+
+    Incarnation._announce_start = no_start  # type: ignore[method-assign]
+    Incarnation._announce_stop = lambda self, exc: None  # type: ignore[method-assign]
+    EventBus.capture_trace_context = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        (
+            Incarnation._announce_start,
+            Incarnation._announce_stop,
+            EventBus.capture_trace_context,
+        ) = saved  # type: ignore[method-assign]
+
+
+async def observed_throughput(kind: str, count: int, tmp: Path, handlers: str) -> float:
+    """Orders per second, as row (a), with the ``handlers`` named in ``HANDLERS`` attached."""
+    countdown = _Countdown(count)
+    storage = _storage(kind, tmp, f"observed-{handlers}")
+    async with open_engine(storage, [BenchOrder], handlers=HANDLERS[handlers]()) as engine:
+        engine.subscribe(countdown, events=["workflow.stop"])
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                start = functools.partial(
+                    engine.start_instance, BenchOrder, {"i": i}, id=f"order::{i}"
+                )
+                nursery.start_soon(start)
+        await countdown.done.wait()
+        return count / (time.perf_counter() - started)
+
+
+def compare(
+    kind: str, count: int, tmp: Path, repeats: int, engine_side: str, baseline_side: str
+) -> tuple[float, float]:
+    """Best of ``repeats`` (at least 2) for each side, interleaved: (engine, baseline).
+
+    A side is a ``HANDLERS`` name, or ``"unhooked"``: no handler, hooks removed.
+    """
+
+    def one(side: str) -> float:
+        if side == "unhooked":
+            with hooks_removed():
+                return trio.run(observed_throughput, kind, count, tmp, "none")
+        return trio.run(observed_throughput, kind, count, tmp, side)
+
+    best = {engine_side: 0.0, baseline_side: 0.0}
+    for repeat in range(max(repeats, 2)):
+        # Alternate who goes first, so neither side always runs on a warmer process.
+        order = (engine_side, baseline_side) if repeat % 2 == 0 else (baseline_side, engine_side)
+        for side in order:
+            best[side] = max(best[side], one(side))
+    return best[engine_side], best[baseline_side]
