@@ -474,3 +474,26 @@ def test_none_means_the_global_tracer_provider() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['hephaestus.run', 'hephaestus.step']"
+
+
+async def test_a_handler_attached_mid_run_traces_the_rest_and_stays_attached(
+    autojump_clock: Any, tracing: Tracing
+):
+    handler = OpenTelemetryHandler(tracing.provider)
+    async with open_engine(workflows=ALL) as engine:
+        iid = await engine.start_instance(Linear, {}, id="linear::late")
+        await trio.sleep(0.25)  # flaky's first attempt failed; it retries at 0.5 s
+        engine.subscribe(handler)
+        await engine.wait(iid)
+        await engine.wait(await engine.start_instance(Linear, {}, id="linear::after"))
+    late = [s for s in tracing.spans() if s.attributes["hephaestus.instance.id"] == "linear::late"]
+    assert [(s.name, s.attributes.get("hephaestus.step.key")) for s in late] == [
+        ("hephaestus.step", "flaky"),
+        ("hephaestus.step", "slow"),
+        ("hephaestus.step", "done"),
+    ]
+    assert all(s.parent is None for s in late)  # no run span to be children of
+    after = [
+        s.name for s in tracing.spans() if s.attributes["hephaestus.instance.id"] != "linear::late"
+    ]
+    assert after.count("hephaestus.run") == 1  # still attached: the next run is traced

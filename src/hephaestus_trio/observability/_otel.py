@@ -70,7 +70,11 @@ def _run_attributes(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class _RunSpans:
-    """The open spans of one run in this process: its incarnation and its attempts."""
+    """The open spans of one run in this process: its incarnation and its attempts.
+
+    ``span`` is ``None`` when the handler was attached after the incarnation
+    started: its attempts are then spans of their own (roots), never lost.
+    """
 
     def __init__(self, span: Any) -> None:
         self.span = span
@@ -171,6 +175,9 @@ class OpenTelemetryHandler:
         if found is None:
             return
         span = found.span
+        if span is None:  # attached after the incarnation started: only its attempts
+            self._end_run(found, "stopped")
+            return
         reason = str(meta.get("reason", "stopped"))
         status = meta.get("status")
         if status is not None:
@@ -199,8 +206,9 @@ class OpenTelemetryHandler:
             step_span.set_attribute("hephaestus.step.outcome", "interrupted")
             step_span.end()
         found.steps.clear()
-        found.span.set_attribute("hephaestus.run.outcome", reason)
-        found.span.end()
+        if found.span is not None:
+            found.span.set_attribute("hephaestus.run.outcome", reason)
+            found.span.end()
 
     def _step_start(self, event: Event) -> None:
         meta = event.metadata
