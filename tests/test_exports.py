@@ -99,6 +99,9 @@ def test_the_observability_handlers_are_public() -> None:
         "PrometheusHandler",
         "MissingExtra",
         "ConfigurationError",
+        "SPAN_NAMES",
+        "SPAN_ATTRIBUTES",
+        "METRICS",
     } <= set(hephaestus_trio.__all__)
 
 

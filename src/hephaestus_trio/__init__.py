@@ -45,6 +45,9 @@ from .core._workflow import Workflow as Workflow
 from .core._workflow import get_workflow as get_workflow
 from .core._workflow import route as route
 from .observability import EVENT_NAMES as EVENT_NAMES
+from .observability import METRICS as METRICS
+from .observability import SPAN_ATTRIBUTES as SPAN_ATTRIBUTES
+from .observability import SPAN_NAMES as SPAN_NAMES
 from .observability import Event as Event
 from .observability import LoggingHandler as LoggingHandler
 from .observability import OpenTelemetryHandler as OpenTelemetryHandler
@@ -63,6 +66,9 @@ from .storage import Storage as Storage
 
 __all__ = [
     "EVENT_NAMES",
+    "METRICS",
+    "SPAN_ATTRIBUTES",
+    "SPAN_NAMES",
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",

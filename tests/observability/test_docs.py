@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import hephaestus_trio
-from hephaestus_trio.observability import ATTRIBUTES, EVENT_NAMES, METRICS, SPAN_NAMES
+from hephaestus_trio import EVENT_NAMES, METRICS, SPAN_ATTRIBUTES, SPAN_NAMES
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -59,7 +59,7 @@ def documented(name: str) -> bool:
 
 
 def test_every_span_attribute_metric_and_new_event_is_documented() -> None:
-    missing = [name for name in (*SPAN_NAMES, *ATTRIBUTES, *METRICS) if not documented(name)]
+    missing = [name for name in (*SPAN_NAMES, *SPAN_ATTRIBUTES, *METRICS) if not documented(name)]
     assert missing == []
     for name in ("incarnation.start", "incarnation.stop", "storage.commit"):
         assert name in EVENT_NAMES

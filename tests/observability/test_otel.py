@@ -15,13 +15,14 @@ import trio.testing
 from opentelemetry.trace import SpanKind, StatusCode
 
 from hephaestus_trio import (
+    SPAN_ATTRIBUTES,
+    SPAN_NAMES,
     MemoryStorage,
     OpenTelemetryHandler,
     SQLiteStorage,
     open_engine,
     trio_wall_clock,
 )
-from hephaestus_trio.observability import ATTRIBUTES, SPAN_NAMES
 from hephaestus_trio.runtime._incarnation import Incarnation
 
 from .conftest import Tracing
@@ -115,7 +116,7 @@ async def test_run_and_step_spans_are_children_of_the_callers_span(
     # Every span name and attribute used is a documented one.
     ours = [s for s in tracing.spans() if s.name != "caller"]
     assert {s.name for s in ours} <= set(SPAN_NAMES)
-    assert {k for s in ours for k in s.attributes} <= set(ATTRIBUTES)
+    assert {k for s in ours for k in s.attributes} <= set(SPAN_ATTRIBUTES)
 
 
 async def test_a_resume_joins_the_resumers_trace_and_links_the_run(

@@ -12,6 +12,7 @@ import trio.testing
 from prometheus_client import CollectorRegistry
 
 from hephaestus_trio import (
+    METRICS,
     ConfigurationError,
     MemoryStorage,
     OpenTelemetryHandler,
@@ -19,7 +20,6 @@ from hephaestus_trio import (
     open_engine,
     trio_wall_clock,
 )
-from hephaestus_trio.observability import METRICS
 from hephaestus_trio.runtime._incarnation import Incarnation
 
 from .flows import (

@@ -27,7 +27,7 @@ from .._version import __version__
 from ._events import Event
 
 __all__ = [
-    "ATTRIBUTES",
+    "SPAN_ATTRIBUTES",
     "SPAN_NAMES",
     "OpenTelemetryHandler",
 ]
@@ -35,7 +35,7 @@ __all__ = [
 SPAN_NAMES: tuple[str, ...] = ("hephaestus.run", "hephaestus.step", "hephaestus.resume")
 """Every span name the handler creates."""
 
-ATTRIBUTES: tuple[str, ...] = (
+SPAN_ATTRIBUTES: tuple[str, ...] = (
     "hephaestus.instance.id",
     "hephaestus.run.id",
     "hephaestus.workflow.name",
@@ -140,6 +140,7 @@ class OpenTelemetryHandler:
         return carrier or None
 
     def __call__(self, event: Event) -> None:
+        """Open or end the spans ``event`` stands for (other events are ignored)."""
         handle = self._dispatch.get(event.name)
         if handle is not None:
             handle(event)

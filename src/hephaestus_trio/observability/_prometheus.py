@@ -221,6 +221,7 @@ class PrometheusHandler:
         return self._m.gauges.attach(read_gauges)
 
     def __call__(self, event: Event) -> None:
+        """Update the counters and histograms ``event`` feeds (other events are ignored)."""
         handle = self._dispatch.get(event.name)
         if handle is None:
             return
