@@ -19,6 +19,7 @@ from hephaestus_trio import (
     SPAN_NAMES,
     MemoryStorage,
     OpenTelemetryHandler,
+    RestartPolicy,
     SQLiteStorage,
     open_engine,
     trio_wall_clock,
@@ -33,6 +34,7 @@ from .flows import (
     Gated,
     Linear,
     Napping,
+    Quick,
     Refusing,
     Timed,
     TimingOut,
@@ -498,3 +500,31 @@ async def test_a_handler_attached_mid_run_traces_the_rest_and_stays_attached(
         s.name for s in tracing.spans() if s.attributes["hephaestus.instance.id"] != "linear::late"
     ]
     assert after.count("hephaestus.run") == 1  # still attached: the next run is traced
+
+
+async def test_the_give_up_after_the_restart_budget_is_a_failed_run_span(
+    autojump_clock: Any, tracing: Tracing, monkeypatch: pytest.MonkeyPatch
+):
+    async def buggy(self: Incarnation, message: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        raise RuntimeError("loop bug")
+
+    monkeypatch.setattr(Incarnation, "_on_step_finished", buggy)
+    async with open_engine(
+        workflows=ALL,
+        handlers=[OpenTelemetryHandler(tracing.provider)],
+        restart_policy=RestartPolicy(max_restarts=0),
+    ) as engine:
+        final = await engine.wait(await engine.start_instance(Quick, {}, id="quick::poison"))
+    assert final.status.value == "failed"
+    crashed, gave_up = tracing.spans("hephaestus.run")
+    assert crashed.attributes["hephaestus.run.outcome"] == "crashed"
+    assert dict(gave_up.attributes) == {
+        **ids("quick::poison", final.run_id, Quick.name),
+        "hephaestus.run.outcome": "failed",
+        "hephaestus.run.status": "failed",
+        "hephaestus.error.kind": "restart_limit",
+    }
+    assert gave_up.status.status_code is StatusCode.ERROR
+    [event] = exception_events(gave_up)
+    assert event["exception.type"] == "RuntimeError"
