@@ -47,6 +47,9 @@ class Sizes:
     recovery: int = 10_000
     resume_memory: int = 300
     resume_sqlite: int = 100
+    observed: int = 2000
+    observed_repeats: int = 5
+    observed_kinds: tuple[str, ...] = ("memory", "sqlite")
 
 
 QUICK = Sizes(
@@ -59,6 +62,9 @@ QUICK = Sizes(
     recovery=500,
     resume_memory=20,
     resume_sqlite=10,
+    observed=50,
+    observed_repeats=1,
+    observed_kinds=("memory",),
 )
 
 
@@ -345,10 +351,10 @@ def _observability_rows(sizes: Sizes, tmp: Path, wanted: set[str], out: Any) -> 
     from . import _observability as obs
 
     rows: list[Row] = []
-    count = sizes.throughput
+    count, repeats = sizes.observed, sizes.observed_repeats
     if "g" in wanted:
         _progress(f"(g) tracing and metrics disabled, {count} instances, memory", out)
-        engine, baseline = obs.compare("memory", count, tmp, sizes.repeats, "none", "unhooked")
+        engine, baseline = obs.compare("memory", count, tmp, repeats, "none", "unhooked")
         ratio = engine / baseline
         rows.append(
             Row(
@@ -369,9 +375,9 @@ def _observability_rows(sizes: Sizes, tmp: Path, wanted: set[str], out: Any) -> 
     ):
         if key not in wanted:
             continue
-        for kind in ("memory", "sqlite"):
+        for kind in sizes.observed_kinds:
             _progress(f"({key}) {name} on, {count} instances, {kind}", out)
-            engine, baseline = obs.compare(kind, count, tmp, sizes.repeats, side, "none")
+            engine, baseline = obs.compare(kind, count, tmp, repeats, side, "none")
             rows.append(
                 Row(
                     key=key,
