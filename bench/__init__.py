@@ -47,6 +47,9 @@ class Sizes:
     recovery: int = 10_000
     resume_memory: int = 300
     resume_sqlite: int = 100
+    observed: int = 500
+    observed_repeats: int = 9
+    observed_kinds: tuple[str, ...] = ("memory", "sqlite")
 
 
 QUICK = Sizes(
@@ -59,6 +62,9 @@ QUICK = Sizes(
     recovery=500,
     resume_memory=20,
     resume_sqlite=10,
+    observed=50,
+    observed_repeats=1,
+    observed_kinds=("memory",),
 )
 
 
@@ -83,8 +89,8 @@ class Row:
 
 
 def _fmt(value: float, unit: str) -> str:
-    if unit == "inst/s":
-        return f"{value:,.0f} inst/s"
+    if unit in ("inst/s", "inst/cpu-s"):
+        return f"{value:,.0f} {unit}"
     if unit == "s":
         if value < 1e-3:
             return f"{value * 1e6:,.0f} us"
@@ -214,10 +220,10 @@ def _progress(text: str, out: Any) -> None:
 
 
 def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e f) and return the rows."""
+    """Run the benchmarks (or the ``only`` ones: a b c d e f g h i) and return the rows."""
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e", "f"}
+    wanted = only or {"a", "b", "c", "d", "e", "f", "g", "h", "i"}
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -336,6 +342,52 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                 shortfall=f"{week - untimed:.2f} KiB more than a run with no timer",
             )
         )
+    rows.extend(_observability_rows(sizes, tmp, wanted, out))
+    return rows
+
+
+def _observability_rows(sizes: Sizes, tmp: Path, wanted: set[str], out: Any) -> list[Row]:
+    """(g) tracing and metrics disabled, (h) tracing on, (i) metrics on: row (a)'s workload."""
+    from . import _observability as obs
+
+    rows: list[Row] = []
+    count, repeats = sizes.observed, sizes.observed_repeats
+    if "g" in wanted:
+        _progress(f"(g) tracing and metrics disabled, {count} instances, memory", out)
+        engine, baseline = obs.compare("memory", count, tmp, repeats, "none", "unhooked")
+        ratio = engine / baseline
+        rows.append(
+            Row(
+                key="g",
+                label=f"no tracing/metrics handler vs hooks removed, {count:,} orders, memory",
+                engine=engine,
+                baseline=baseline,
+                unit="inst/cpu-s",
+                higher_is_better=True,
+                target=">= 0.95 of baseline",
+                met=ratio >= 0.95,
+                shortfall=f"{ratio:.3g} of baseline",
+            )
+        )
+    for key, side, name in (
+        ("h", "otel", "OpenTelemetryHandler"),
+        ("i", "prometheus", "PrometheusHandler"),
+    ):
+        if key not in wanted:
+            continue
+        for kind in sizes.observed_kinds:
+            _progress(f"({key}) {name} on, {count} instances, {kind}", out)
+            engine, baseline = obs.compare(kind, count, tmp, repeats, side, "none")
+            rows.append(
+                Row(
+                    key=key,
+                    label=f"{name} vs no handler, {count:,} orders, {kind}",
+                    engine=engine,
+                    baseline=baseline,
+                    unit="inst/cpu-s",
+                    higher_is_better=True,
+                )
+            )
     return rows
 
 

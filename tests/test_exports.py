@@ -92,6 +92,19 @@ def test_spec_names_are_public() -> None:
     assert spec_names <= set(hephaestus_trio.__all__)
 
 
+def test_the_observability_handlers_are_public() -> None:
+    assert {
+        "LoggingHandler",
+        "OpenTelemetryHandler",
+        "PrometheusHandler",
+        "MissingExtra",
+        "ConfigurationError",
+        "SPAN_NAMES",
+        "SPAN_ATTRIBUTES",
+        "METRICS",
+    } <= set(hephaestus_trio.__all__)
+
+
 def test_pure_engine_facade_has_the_spec_functions() -> None:
     assert {
         "advance",

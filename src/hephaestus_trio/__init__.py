@@ -11,6 +11,7 @@ from . import serialization as serialization
 from ._errors import AlreadyRunning as AlreadyRunning
 from ._errors import AmbiguousInstance as AmbiguousInstance
 from ._errors import Backpressure as Backpressure
+from ._errors import ConfigurationError as ConfigurationError
 from ._errors import DefinitionMismatch as DefinitionMismatch
 from ._errors import EngineClosed as EngineClosed
 from ._errors import HephaestusError as HephaestusError
@@ -19,6 +20,7 @@ from ._errors import InstanceRestarted as InstanceRestarted
 from ._errors import InvalidResume as InvalidResume
 from ._errors import InvalidValue as InvalidValue
 from ._errors import LeaseLost as LeaseLost
+from ._errors import MissingExtra as MissingExtra
 from ._errors import NotCancellable as NotCancellable
 from ._errors import StorageError as StorageError
 from ._errors import UndeclaredEvent as UndeclaredEvent
@@ -50,8 +52,13 @@ from .core._workflow import Workflow as Workflow
 from .core._workflow import get_workflow as get_workflow
 from .core._workflow import route as route
 from .observability import EVENT_NAMES as EVENT_NAMES
+from .observability import METRICS as METRICS
+from .observability import SPAN_ATTRIBUTES as SPAN_ATTRIBUTES
+from .observability import SPAN_NAMES as SPAN_NAMES
 from .observability import Event as Event
 from .observability import LoggingHandler as LoggingHandler
+from .observability import OpenTelemetryHandler as OpenTelemetryHandler
+from .observability import PrometheusHandler as PrometheusHandler
 from .runtime import Engine as Engine
 from .runtime import EngineStatistics as EngineStatistics
 from .runtime import TimerHandle as TimerHandle
@@ -68,12 +75,16 @@ from .storage import Storage as Storage
 __all__ = [
     "EVENT_NAMES",
     "FAILED_ATTEMPT",
+    "METRICS",
+    "SPAN_ATTRIBUTES",
+    "SPAN_NAMES",
     "TRACEBACK_FRAMES",
     "TRACEBACK_LIMIT",
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",
     "Complete",
+    "ConfigurationError",
     "Context",
     "Debug",
     "DefinitionMismatch",
@@ -97,7 +108,10 @@ __all__ = [
     "LeaseLost",
     "LoggingHandler",
     "MemoryStorage",
+    "MissingExtra",
     "NotCancellable",
+    "OpenTelemetryHandler",
+    "PrometheusHandler",
     "RestartPolicy",
     "RetryPolicy",
     "SQLiteStorage",

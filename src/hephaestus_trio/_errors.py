@@ -10,6 +10,7 @@ __all__ = [
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",
+    "ConfigurationError",
     "DefinitionMismatch",
     "EngineClosed",
     "HephaestusError",
@@ -18,6 +19,7 @@ __all__ = [
     "InvalidResume",
     "InvalidValue",
     "LeaseLost",
+    "MissingExtra",
     "NotCancellable",
     "StorageError",
     "UndeclaredEvent",
@@ -250,3 +252,32 @@ class DefinitionMismatch(HephaestusError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.instance_id, self.workflow, self.version, self.changes))
+
+
+class MissingExtra(HephaestusError, ImportError):
+    """An optional integration was used without the package it needs.
+
+    Raised when ``OpenTelemetryHandler`` or ``PrometheusHandler`` is created and
+    its extra is not installed. The names stay importable without the extras, so
+    only code that actually uses an integration needs its dependency.
+    """
+
+    def __init__(self, feature: str, extra: str, package: str) -> None:
+        self.feature = feature
+        self.extra = extra
+        self.package = package
+        super().__init__(
+            f"{feature} needs the {package!r} package, which is not installed; install the "
+            f"extra with: pip install 'hephaestus-trio[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.feature, self.extra, self.package))
+
+
+class ConfigurationError(HephaestusError, TypeError):
+    """An integration was given an object of the wrong kind (a registry, a provider).
+
+    Raised when the handler is created, before any engine uses it; the message
+    names the argument, what it got and what it accepts.
+    """

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import attrs
 import pytest
 
 from hephaestus_trio import (
@@ -200,3 +201,17 @@ def test_check_json_safe_names_the_path() -> None:
 def test_wrongly_typed_fields_are_refused_not_coerced(field: str, value: Any) -> None:
     with pytest.raises(StorageError, match=field):
         loads(_mangled(**{field: value}))
+
+
+def test_trace_context_round_trips_and_old_documents_load_without_it() -> None:
+    headers = {
+        "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "tracestate": "vendor=opaque",
+    }
+    plain = Instance.new(RoundTrip, {}, id="rt::traced", now=T0)
+    traced = attrs.evolve(plain, trace_context=headers)
+    assert loads(dumps(traced)) == traced
+    assert to_dict(traced)["trace_context"] == headers
+    document = to_dict(Instance.new(RoundTrip, {}, id="rt::old", now=T0))
+    del document["trace_context"]  # written before the field existed
+    assert from_dict(document).trace_context is None

@@ -91,29 +91,37 @@ ALL = [FanOut, Gated, Crashing]
 # Steps of the fan-out in the order they start; Short and Long start together.
 FAN_OUT_NAMES = [
     "workflow.start",
+    "incarnation.start",
+    "storage.commit",
     "workflow.transition",  # pending -> running, [split]
     "engine.advance",
     "step.start",  # split
+    "storage.commit",
     "workflow.transition",  # [short, long]
     "engine.advance",
     "step.stop",  # split
     "step.start",  # short | long
     "step.start",  # long | short
+    "storage.commit",
     "workflow.transition",  # [long]  (t = 1)
     "engine.advance",
     "step.stop",  # short
+    "storage.commit",
     "workflow.transition",  # [join]  (t = 2)
     "engine.advance",
     "step.stop",  # long
     "step.start",  # join
+    "storage.commit",
     "workflow.transition",  # [done]
     "engine.advance",
     "step.stop",  # join
     "step.start",  # done
+    "storage.commit",
     "workflow.transition",  # running -> completed
     "engine.advance",
     "step.stop",  # done
     "workflow.stop",
+    "incarnation.stop",
 ]
 
 
@@ -133,7 +141,8 @@ async def test_fan_out_event_sequence(autojump_clock: Any):
 
     assert [e.name for e in seen] == FAN_OUT_NAMES
     assert seen[0].name == "workflow.start"
-    assert seen[-1].name == "workflow.stop"
+    assert seen[-2].name == "workflow.stop"
+    assert seen[-1].name == "incarnation.stop"
     for event in seen:
         meta = event.metadata
         assert meta["instance_id"] == iid
@@ -166,9 +175,14 @@ async def test_fan_out_event_sequence(autojump_clock: Any):
     assert stops["long"].measurements["duration"] == 2.0
     assert stops["split"].measurements["duration"] == 0.0
     assert stops["short"].metadata["event"] == "done"
-    assert seen[-1].measurements["duration"] == 2.0
-    assert isinstance(seen[-1].measurements["duration"], float)
-    assert seen[-1].metadata["status"] == "completed"
+    stop = seen[-2]
+    assert stop.measurements["duration"] == 2.0
+    assert isinstance(stop.measurements["duration"], float)
+    assert stop.metadata["status"] == "completed"
+    assert seen[-1].measurements == {"duration": 2.0}
+    assert seen[-1].metadata["reason"] == "completed"
+    commits = [e for e in seen if e.name == "storage.commit"]
+    assert [e.measurements for e in commits] == [{"duration": 0.0}] * 6
 
     transitions = [e.metadata for e in seen if e.name == "workflow.transition"]
     assert [t["active_steps"] for t in transitions] == [
@@ -291,6 +305,9 @@ def test_event_names_are_the_spec_list():
         "runner.init",
         "instance.restart",
         "instance.cancel",
+        "incarnation.start",
+        "incarnation.stop",
+        "storage.commit",
     }
 
 

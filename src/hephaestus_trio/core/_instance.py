@@ -292,6 +292,10 @@ class Instance:
     """Merged ``metadata`` of every ``Complete``."""
     telemetry_metadata: Mapping[str, Any] = attrs.field(factory=dict)
     """Caller data copied into every observability event of this run."""
+    trace_context: Mapping[str, str] | None = None
+    """W3C trace headers (``traceparent``, ``tracestate``) of the code that started the
+    run, captured only when a tracing handler asks for them, so the run's spans join
+    the caller's trace in whichever engine drives it, even after a restart."""
     execution_history: tuple[ExecutionEntry, ...] = ()
     """One entry per completion, in order."""
     timers: tuple[TimerRecord, ...] = ()

@@ -3,6 +3,16 @@
 Handlers run inline, in subscription order, when the event happens. A
 handler that raises is logged and detached — exactly as Trio disables a
 failing instrument — so observability can never break a workflow.
+
+A handler may also offer two optional hooks, looked up when it is subscribed:
+
+- ``capture_trace_context() -> Mapping[str, str] | None``: the engine asks for
+  the caller's trace headers when a run starts or is resumed (and stores them
+  with the run or its wakeup). With no such handler nothing is captured, so an
+  engine without tracing pays nothing.
+- ``attach_engine(engine_id, read_gauges) -> Callable[[], None]``: called by
+  ``Engine.subscribe`` with a function that reads the engine's gauges (runs it
+  holds, leases) at that moment; the returned callable detaches it again.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ class EventBus:
 
     def __init__(self) -> None:
         self._subscriptions: list[tuple[Handler, frozenset[str] | None]] = []
+        self._capturers: list[tuple[Handler, Callable[[], Mapping[str, str] | None]]] = []
 
     def subscribe(
         self, handler: Handler, events: Iterable[str] | None = None
@@ -46,12 +57,39 @@ class EventBus:
                 raise InvalidValue(f"unknown event name(s) {unknown}; known: {list(EVENT_NAMES)}")
         entry = (handler, wanted)
         self._subscriptions.append(entry)
+        capture = getattr(handler, "capture_trace_context", None)
+        capturer = (handler, capture) if callable(capture) else None
+        if capturer is not None:
+            self._capturers.append(capturer)
 
         def unsubscribe() -> None:
             if entry in self._subscriptions:
                 self._subscriptions.remove(entry)
+            if capturer is not None and capturer in self._capturers:
+                self._capturers.remove(capturer)
 
         return unsubscribe
+
+    def capture_trace_context(self) -> dict[str, str] | None:
+        """The caller's trace headers from the first handler that has some, else ``None``.
+
+        Only handlers with a ``capture_trace_context`` hook are asked; with none
+        subscribed this is one empty-list test. A hook that raises is logged and
+        dropped, like a failing handler.
+        """
+        if not self._capturers:
+            return None
+        for capturer in list(self._capturers):
+            try:
+                found = capturer[1]()
+            except Exception:
+                logger.exception("trace capture of %r raised; it has been detached", capturer[0])
+                if capturer in self._capturers:
+                    self._capturers.remove(capturer)
+                continue
+            if found:
+                return {str(k): str(v) for k, v in found.items()}
+        return None
 
     def wants(self, name: str) -> bool:
         """Whether any handler listens to ``name`` (lets callers skip building metadata)."""

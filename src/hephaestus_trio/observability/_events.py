@@ -23,8 +23,14 @@ EVENT_NAMES: tuple[str, ...] = (
     "runner.init",
     "instance.restart",
     "instance.cancel",
+    "incarnation.start",
+    "incarnation.stop",
+    "storage.commit",
 )
-"""The original's eleven events (dotted) plus ``instance.restart`` and ``instance.cancel``."""
+"""The original's eleven events (dotted) plus ``instance.restart`` and ``instance.cancel``,
+and three for tracing and metrics: ``incarnation.start`` / ``incarnation.stop`` bracket
+one engine's drive of a run (from its claim to its hibernation, terminal state, lease
+loss or engine stop) and ``storage.commit`` times each fenced write of a run."""
 
 
 @final

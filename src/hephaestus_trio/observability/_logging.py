@@ -29,14 +29,23 @@ DEFAULT_LEVELS: dict[str, int] = {
     "runner.init": logging.INFO,
     "instance.restart": logging.WARNING,
     "instance.cancel": logging.INFO,
+    "incarnation.start": logging.DEBUG,
+    "incarnation.stop": logging.DEBUG,
+    "storage.commit": logging.DEBUG,
 }
 """``workflow.*``, ``step.start|stop|async|resume`` and ``runner.init`` at INFO,
-``instance.restart`` at WARNING, exceptions at ERROR, ``workflow.transition`` and
-``engine.advance`` at DEBUG. A ``step.exception`` whose attempt will be retried
-(``will_retry``) logs at ``RETRY_LEVEL`` instead."""
+``instance.restart`` at WARNING, exceptions at ERROR; ``workflow.transition``,
+``engine.advance``, ``incarnation.*`` and ``storage.commit`` at DEBUG. A
+``step.exception`` whose attempt will be retried (``will_retry``) logs at
+``RETRY_LEVEL`` instead."""
 
 RETRY_LEVEL = logging.WARNING
 """Level of a ``step.exception`` that will be retried: the step may still succeed."""
+
+_NOT_LOGGED = frozenset({"instance_id", "step", "traceback", "exception", "trace_context"})
+"""Metadata keys left out of the detail text: shown elsewhere in the line (the
+traceback goes on lines of its own), already summarised by ``error`` (an
+exception object, for handlers that record it), or only meant for tracing."""
 
 
 class LoggingHandler:
@@ -71,10 +80,7 @@ class LoggingHandler:
             return
         where = meta.get("instance_id", "")
         step = meta.get("step")
-        # The traceback goes on lines of its own; an exception object (for
-        # handlers that record it) is already summarised by ``error``.
-        skip = {"instance_id", "step", "traceback", "exception"}
-        detail = " ".join(f"{k}={v}" for k, v in meta.items() if k not in skip)
+        detail = " ".join(f"{k}={v}" for k, v in meta.items() if k not in _NOT_LOGGED)
         measured = " ".join(f"{k}={v:.6g}" for k, v in event.measurements.items())
         text = f"[{event.name}] {where}" + (f" step={step}" if step else "")
         trace = meta.get("traceback")

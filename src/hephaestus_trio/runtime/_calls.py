@@ -66,6 +66,7 @@ async def resume_run(
     now: datetime,
     max_pending: int | None,
     matches: Matches | None = None,
+    trace_context: Mapping[str, str] | None = None,
 ) -> Wakeup | None:
     """Validate a resume against the stored run and record it; ``None`` if deduplicated.
 
@@ -104,6 +105,7 @@ async def resume_run(
                 payload=payload,
                 dedup_key=dedup_key,
                 due_at=now,
+                trace_context=trace_context,
             ),
             now=now,
             max_pending=max_pending,

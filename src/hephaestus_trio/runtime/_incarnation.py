@@ -53,6 +53,20 @@ REFUSED_RETRY = 60.0
 """Seconds before a run refused for a definition mismatch is claimable again."""
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _cause(exc: BaseException) -> BaseException | None:
+    """The exception worth recording on a stop: the first that is not a cancellation."""
+    for leaf in _leaves(exc):
+        if not isinstance(leaf, trio.Cancelled | LeaseLost):
+            return leaf
+    return None
+
+
 class StorageFault(Exception):
     """A storage call failed (disk full, I/O error, lost connection).
 
@@ -84,6 +98,10 @@ class Incarnation:
         """Steps sleeping in a retry backoff now (read by ``Engine.statistics``)."""
         self.tasks = 0
         """Steps executing in a task of their own (not inline in the loop)."""
+        self.hibernated = False
+        self.refused: DefinitionMismatch | None = None
+        self.announced: float | None = None
+        """Trio time of ``incarnation.start``, once announced (``incarnation.stop`` follows)."""
 
     # -- plumbing -----------------------------------------------------------
 
@@ -120,11 +138,15 @@ class Incarnation:
         old = self.state
         storage = self.engine.storage
         lease = self.entry.lease
+        timed = self.engine.bus.wants("storage.commit")
+        began = trio.current_time() if timed else 0.0
         added = await self.io(
             lambda: storage.write(
                 lease, new, now=self.now(), consume=consume, add_timers=add_timers
             )
         )
+        if timed:
+            self.emit("storage.commit", {"duration": trio.current_time() - began})
         for seq in consume:
             self.wakeups.pop(seq, None)
         for wakeup in added:
@@ -156,6 +178,10 @@ class Incarnation:
     # -- main loop ------------------------------------------------------------
 
     async def run(self) -> None:
+        """Drive the run until it is terminal, hibernates, or the driver's scope ends."""
+        await self._announced(self._drive)
+
+    async def _drive(self) -> None:
         storage = self.engine.storage
         inst = await self.io(lambda: storage.get(self.run_id))
         if inst is None or inst.is_terminal:
@@ -163,6 +189,7 @@ class Incarnation:
         self.inst = inst
         self.workflow = self.engine.workflow_for(inst)
         self.metadata = self.entry.metadata = self.engine.metadata_for(inst)
+        self._announce_start(inst)
         await self.refresh()
         try:
             decide.check_definition(inst, self.workflow)
@@ -206,12 +233,16 @@ class Incarnation:
 
     async def fail_for_good(self, crash: BaseException, restarts: int) -> None:
         """The give-up after the restart budget: one write of ``failed``, announced once."""
+        await self._announced(lambda: self._fail_for_good(crash, restarts))
+
+    async def _fail_for_good(self, crash: BaseException, restarts: int) -> None:
         storage = self.engine.storage
         inst = await self.io(lambda: storage.get(self.run_id))
         if inst is None or inst.is_terminal:
             return
         self.inst = inst
         self.metadata = self.engine.metadata_for(inst)
+        self._announce_start(inst)
         decision = decide.give_up(
             inst, crash, restarts=restarts, policy=self.engine.restart_policy, at=self.now()
         )
@@ -233,6 +264,7 @@ class Incarnation:
             self.engine._finished(decision.instance)  # workflow.stop, once
             return
         self.engine._refused_run(self.run_id, mismatch)
+        self.refused = mismatch
         self.entry.closing = True
         storage = self.engine.storage
         lease = self.entry.lease
@@ -320,7 +352,15 @@ class Incarnation:
             self.emit("step.async", measurements, step=message.step, timer=after)
         elif decision.outcome == "failed" and decision.instance.error is not None:
             if decision.instance.error.kind == "failure":
-                self.emit("step.stop", measurements, step=message.step, event=None, failed=True)
+                reason = decision.instance.error.message
+                self.emit(
+                    "step.stop",
+                    measurements,
+                    step=message.step,
+                    event=None,
+                    failed=True,
+                    reason=reason,
+                )
 
     # -- wakeups ----------------------------------------------------------------
 
@@ -390,10 +430,75 @@ class Incarnation:
                 wakeup=wakeup.seq,
             )
         await self.commit(decision.instance, consume=[wakeup.seq])
-        if decision.outcome == "completed":
-            extra = {"timer": True} if wakeup.kind is WakeupKind.TIMER else {}
-            self.emit("step.resume", {}, step=wakeup.step, event=decision.event, **extra)
+        if decision.outcome == "completed" and self.engine.bus.wants("step.resume"):
+            self._announce_resume(wakeup, decision.event)
         return True
+
+    def _announce_resume(self, wakeup: Wakeup, event: str | None) -> None:
+        """``step.resume``, with how long the wakeup waited to be applied."""
+        applied = self.now()
+        extra: dict[str, Any] = {}
+        if wakeup.kind is WakeupKind.TIMER:
+            extra["timer"] = True
+            waited = {"lateness": (applied - wakeup.due_at).total_seconds()}
+        else:
+            waited = {"latency": (applied - wakeup.created_at).total_seconds()}
+        if wakeup.trace_context is not None:
+            extra["trace_context"] = wakeup.trace_context
+        self.emit("step.resume", waited, step=wakeup.step, event=event, **extra)
+
+    # -- announcing the incarnation (spans, metrics) ------------------------------
+
+    def _announce_start(self, inst: Instance) -> None:
+        self.announced = trio.current_time()
+        if inst.trace_context is not None:
+            self.emit("incarnation.start", {}, trace_context=inst.trace_context)
+        else:
+            self.emit("incarnation.start", {})
+
+    async def _announced(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body``; once it announced ``incarnation.start``, announce how it stopped."""
+        try:
+            await body()
+        except BaseException as exc:
+            self._announce_stop(exc)
+            raise
+        self._announce_stop(None)
+
+    def _announce_stop(self, exc: BaseException | None) -> None:
+        if self.announced is None or not self.engine.bus.wants("incarnation.stop"):
+            return
+        duration = {"duration": trio.current_time() - self.announced}
+        extra: dict[str, Any] = {"reason": self._stop_reason(exc)}
+        if self.inst is not None:
+            extra["status"] = self.state.status.value
+            error = self.state.error
+            if self.final is not None and error is not None:
+                extra.update(
+                    error_kind=error.kind,
+                    error_type=error.exception_type,
+                    error_message=error.message,
+                )
+        cause = _cause(exc) if exc is not None else self.refused
+        if cause is not None:
+            extra["exception"] = cause
+        self.emit("incarnation.stop", duration, **extra)
+
+    def _stop_reason(self, exc: BaseException | None) -> str:
+        if exc is None:
+            if self.final is not None:
+                return self.final.status.value
+            if self.refused is not None:
+                return "refused"
+            return "hibernated" if self.hibernated else "stopped"
+        leaves = _leaves(exc)
+        if self.entry.lost or any(isinstance(leaf, LeaseLost) for leaf in leaves):
+            return "lease_lost"
+        if all(isinstance(leaf, trio.Cancelled) for leaf in leaves):
+            return "engine_stopped"
+        if all(isinstance(leaf, StorageFault | trio.Cancelled) for leaf in leaves):
+            return "storage_fault"
+        return "crashed"
 
     # -- hibernation --------------------------------------------------------------
 
@@ -423,6 +528,7 @@ class Incarnation:
         more = await self.io(
             lambda: storage.release(lease, now=self.now(), wake_at=wake_at, seen=self.seen)
         )
+        self.hibernated = True
         if more:
             self.engine._wake_claims()
         return True

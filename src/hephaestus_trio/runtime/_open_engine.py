@@ -67,6 +67,7 @@ from ..storage._protocol import (
 from ._calls import cancel_directly, find_run, request_cancel, resume_run
 from ._clock import WallClock
 from ._driver import drive
+from ._gauges import gauge_reader
 from ._ownership import claim_loop, claim_now, renew_loop
 from ._runs import RunEntry
 from ._statistics import EngineStatistics
@@ -316,6 +317,9 @@ class Engine:
             telemetry_metadata=telemetry_metadata,
             unique_key=chosen.constraint_key(id),
         )
+        trace = self.bus.capture_trace_context()
+        if trace is not None:
+            instance = attrs.evolve(instance, trace_context=trace)
         try:
             lease = await self.storage.create(
                 instance, now=now, owner=self._engine_id, ttl=self.lease_ttl
@@ -376,6 +380,7 @@ class Engine:
             now=self.clock.now(),
             max_pending=self.inbox_size,
             matches=self._matches,
+            trace_context=self.bus.capture_trace_context(),
         )
         if added is not None:
             self._poke(added.run_id)
@@ -422,6 +427,7 @@ class Engine:
                     step=step,
                     event=event,
                     due_at=record.fire_at,
+                    trace_context=self.bus.capture_trace_context(),
                 ),
                 now=now,
             )
@@ -607,9 +613,22 @@ class Engine:
     def subscribe(self, handler: Handler, events: Iterable[str] | None = None) -> Any:
         """Call ``handler(event)`` for each event (or only those named); returns an unsubscribe.
 
-        A handler that raises is logged and detached; it never affects a run.
+        A handler that raises is logged and detached; it never affects a run. A
+        handler with an ``attach_engine(engine_id, read_gauges)`` hook is given a
+        function reading this engine's gauges; unsubscribing detaches it.
         """
-        return self.bus.subscribe(handler, events)
+        unsubscribe = self.bus.subscribe(handler, events)
+        attach = getattr(handler, "attach_engine", None)
+        if not callable(attach):
+            return unsubscribe
+        detach = attach(self._engine_id, gauge_reader(self))
+
+        def both() -> None:
+            unsubscribe()
+            if callable(detach):
+                detach()
+
+        return both
 
     async def purge(self, older_than: timedelta | datetime) -> int:
         """Delete terminal runs last updated before ``older_than`` (an age or a time).

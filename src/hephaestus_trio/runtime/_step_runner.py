@@ -109,6 +109,7 @@ async def run_step(
                     "kind": type(exc).__name__,
                     "will_retry": retry,
                     "traceback": format_traceback(exc),
+                    "exception": exc,
                 },
             )
             if retry:
