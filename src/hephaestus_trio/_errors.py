@@ -14,6 +14,7 @@ __all__ = [
     "HephaestusError",
     "InstanceNotFound",
     "InstanceRestarted",
+    "InvalidArgument",
     "InvalidResume",
     "LeaseLost",
     "NotCancellable",
@@ -136,6 +137,27 @@ class NotCancellable(HephaestusError):
 
 class UnknownWorkflow(HephaestusError, LookupError):
     """An instance names a workflow (or version) the running engine was not given."""
+
+
+class InvalidArgument(HephaestusError, ValueError):
+    """A value the caller passed cannot be used; nothing was read or changed.
+
+    Raised for bad storage query arguments (``limit``, ``after``,
+    ``created_after``) and bad command-line options (``--status``, ``--since``,
+    ``--after``). It is also a ``ValueError``, so callers that catch that keep
+    working. ``name`` is the argument or option, ``value`` what was given and
+    ``allowed`` what would have been accepted, so the message tells the caller
+    what to do instead.
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{name}: {value!r} is not allowed; expected {allowed}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.value, self.allowed))
 
 
 class StorageError(HephaestusError):
