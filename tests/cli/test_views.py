@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import attrs
 import pytest
 
-from hephaestus_trio import ErrorRecord, ExecutionEntry, Instance, Status
+from hephaestus_trio import (
+    Context,
+    Done,
+    ErrorRecord,
+    ExecutionEntry,
+    Instance,
+    Status,
+    Step,
+    Unique,
+    Wait,
+    Workflow,
+)
+from hephaestus_trio.cli import main
 from hephaestus_trio.cli._inspect import _show_text
 from hephaestus_trio.cli._views import (
     error_view,
     failed_attempts,
+    graph_view,
     history_view,
     run_detail,
     run_view,
@@ -174,3 +188,72 @@ def test_show_text_has_the_failure_traceback_and_failed_attempts(
     assert history_header.split()[-1] == "RESULT"
     results = [line.split()[-1] for line in lines[lines.index(history_header) + 2 :]]
     assert results == ["ok", "failed", "failed"]
+
+
+class _Go(Step):
+    events = ("go", "skip")
+
+    async def execute(self, instance: Instance, config: Any, context: Context) -> str:
+        return "go"
+
+
+class _GraphV1(Workflow, unique=Unique(key="g"), version=1, name="tests.cli.views.GraphV1"):
+    start_at = _Go
+    transitions = {(_Go, "go"): Done, (_Go, "skip"): Done}
+
+
+class _GraphV2(Workflow, unique=Unique(key="g"), version=2, name="tests.cli.views.GraphV2"):
+    start_at = _Go
+    transitions = {
+        (_Go, "go"): (Wait, {"seconds": 1}),
+        (Wait, "timeout"): Done,
+        (_Go, "skip"): Done,
+    }
+
+
+class _Graph(
+    Workflow,
+    unique=Unique(key="g"),
+    versions={1: _GraphV1, 2: _GraphV2},
+    current=2,
+    name="tests.cli.views.Graph",
+):
+    pass
+
+
+def test_graph_json_of_a_plain_workflow() -> None:
+    view = graph_view(_GraphV1)
+    assert json.loads(json.dumps(view)) == view
+    assert view == {
+        "workflow": "tests.cli.views.GraphV1",
+        "family": "tests.cli.views.Graph",  # a version belongs to its dispatcher's family
+        "current": 1,
+        "versions": [
+            {
+                "version": 1,
+                "name": "tests.cli.views.GraphV1",
+                "start": "_go",
+                "steps": ["_go", "done"],
+                "edges": [
+                    {"source": "_go", "event": "go", "target": "done", "dynamic": False},
+                    {"source": "_go", "event": "skip", "target": "done", "dynamic": False},
+                ],
+            }
+        ],
+    }
+
+
+def test_graph_json_of_a_dispatcher_lists_every_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    view = graph_view(_Graph)
+    assert (view["workflow"], view["current"]) == ("tests.cli.views.Graph", 2)
+    assert [v["version"] for v in view["versions"]] == [1, 2]
+    assert view["versions"][1]["steps"] == ["_go", "wait", "done"]
+    assert {(e["source"], e["event"], e["target"]) for e in view["versions"][1]["edges"]} == {
+        ("_go", "go", "wait"),
+        ("wait", "timeout", "done"),
+        ("_go", "skip", "done"),
+    }
+    assert main(["graph", f"{__name__}:_Graph", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == view

@@ -195,7 +195,7 @@ def _describe(instance: Instance) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    """Print ``MODULE:Workflow`` as ASCII or Mermaid."""
+    """Print ``MODULE:Workflow`` as ASCII, Mermaid or (``--json``) its steps and edges."""
     module_name, colon, attribute = str(args.target).rpartition(":")
     if not colon or not module_name or not attribute:
         raise CLIError(
@@ -210,6 +210,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
             raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not (isinstance(obj, type) and issubclass(obj, Workflow)):
         raise CLIError(f"{args.target!r} is {obj!r}, not a Workflow class")
+    if args.json:
+        from ._views import graph_view
+
+        print(json.dumps(graph_view(obj), indent=2))
+        return 0
     text = obj.to_mermaid() if args.format == "mermaid" else obj.to_ascii()
     sys.stdout.write(text)
     return 0

@@ -117,6 +117,11 @@ def configure_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
         default="ascii",
         help="output format (default: ascii)",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the versions, steps and edges as JSON instead (see the CLI docs)",
+    )
 
 
 def configure_list_parser(

@@ -19,11 +19,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..core._instance import ErrorRecord, ExecutionEntry, Instance, Status
+from ..core._workflow import Workflow
 from ..storage import RunSummary, Wakeup
 
 __all__ = [
     "error_view",
     "failed_attempts",
+    "graph_view",
     "history_view",
     "run_detail",
     "run_view",
@@ -218,4 +220,41 @@ def summary_view(summary: RunSummary, *, now: datetime) -> dict[str, Any]:
             "next_at": stamp(summary.next_timer_at),
             "next_in_seconds": next_in,
         },
+    }
+
+
+def graph_view(workflow: type[Workflow]) -> dict[str, Any]:
+    """``graph --json``: the workflow's versions, each with its start step, steps and edges.
+
+    A plain workflow has one version; a versioned dispatcher lists each of its
+    versions, oldest first, and names the ``current`` one.
+    """
+    if workflow.versions is not None:
+        classes = [workflow.versions[v] for v in sorted(workflow.versions)]
+        current = workflow.current
+    else:
+        classes = [workflow]
+        current = workflow.version
+    return {
+        "workflow": workflow.name,
+        "family": workflow.family,
+        "current": current,
+        "versions": [
+            {
+                "version": cls.version,
+                "name": cls.name,
+                "start": cls.definition().start,
+                "steps": list(cls.graph().nodes),
+                "edges": [
+                    {
+                        "source": e.source,
+                        "event": e.event,
+                        "target": e.target,
+                        "dynamic": e.dynamic,
+                    }
+                    for e in cls.graph().edges
+                ],
+            }
+            for cls in classes
+        ],
     }
