@@ -103,7 +103,7 @@ def configure_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
 def configure_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "graph",
-        help="draw a workflow as Mermaid or ASCII",
+        help="draw a workflow as Mermaid or ASCII (or print its graph as JSON)",
         description="Import MODULE and print the graph of its workflow class.",
     )
     parser.add_argument(
