@@ -8,8 +8,8 @@ runs (a third parked, with a timer each) and prints three ratios:
 - a page of 100 from the middle (keyset: ``query(after=..., limit=100)``,
   what ``list --after`` runs) against the first page, and an ``OFFSET`` page
   at the same depth (raw SQL on the same file) against the keyset page;
-- writing runs (create, then two fenced writes each) on schema 3 against the
-  same work on a file without the two indexes schema 3 added: what those
+- writing runs (create, then two fenced writes each) on schema 4 against the
+  same work on a file without the two indexes schema 4 added: what those
   indexes cost the engine's hot path.
 
 Each timing is the best of 5 (3 with ``--quick``), interleaved.
@@ -188,7 +188,7 @@ async def main_async(count: int, writes_count: int, repeats: int, tmp: Path) -> 
         with_new.append(await writes(a, writes_count))
     best_new, best_old = min(with_new), min(without)
     print(
-        f"| {writes_count} creates + 2 writes each, schema 3 vs without its 2 indexes "
+        f"| {writes_count} creates + 2 writes each, schema 4 vs without its 2 indexes "
         f"| {best_new * 1e3:.0f} ms | {best_old * 1e3:.0f} ms | {best_new / best_old:.3f} |"
     )
 

@@ -41,7 +41,7 @@ def test_quick_reads_bench_prints_every_ratio(
         "summary() vs query() of every run, counted in Python",
         "keyset page of 100 at the middle vs the first page",
         "OFFSET page of 100 at the middle vs the keyset page",
-        "500 creates + 2 writes each, schema 3 vs without its 2 indexes",
+        "500 creates + 2 writes each, schema 4 vs without its 2 indexes",
     ]
     ratios = [float(cells[3]) for cells in rows[1:]]
     assert all(ratio > 0 for ratio in ratios)

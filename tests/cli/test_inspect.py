@@ -704,6 +704,16 @@ def test_read_commands_work_while_an_engine_runs(
     assert (failure["kind"], failure["type"], failure["step"]) == ("crash", "KeyError", "explode")
     assert failure["message"] == "'missing'"
     assert failure["attempt"] == 2
+    assert "KeyError: 'missing'" in failure["traceback"]
+    assert 'return str({}["missing"])' in failure["traceback"]  # the line that raised
+    attempts = json.loads(out)["failed_attempts"]
+    assert [(a["step"], a["attempt"], a["error"]["type"]) for a in attempts] == [
+        ("explode", 1, "KeyError"),
+        ("explode", 2, "KeyError"),
+    ]
+    code, out, _ = run_cli(capsys, "show", "broken::l0", "--storage", url(path))
+    assert "failed attempts:" in out
+    assert "traceback:\n    Traceback (most recent call last):" in out
 
     code, out, _ = run_cli(
         capsys, "list", "--storage", url(path), "--status", "waiting", "--since", "10m", "--json"

@@ -1,9 +1,8 @@
-"""The JSON views and ``show``'s text for failed attempts and tracebacks.
+"""The JSON views, ``show``'s text for failed attempts and tracebacks, and ``graph --json``.
 
-``ErrorRecord.traceback`` and ``ExecutionEntry.error`` (on the entries of
-failed attempts) are read with ``getattr``; until the records carry those
-fields, the tests give them through subclasses that add them, exactly as the
-records will hold them.
+The run is built as the engine records one that failed after retries: a
+completion, then a failed-attempt entry per attempt (``error`` set, ``event``
+empty), and the run's error with its traceback.
 """
 
 from __future__ import annotations
@@ -48,19 +47,9 @@ TRACE = (
 )
 
 
-@attrs.frozen(kw_only=True)
-class _TracedError(ErrorRecord):
-    traceback: str | None = None
-
-
-@attrs.frozen(kw_only=True)
-class _AttemptEntry(ExecutionEntry):
-    error: ErrorRecord | None = None
-
-
 def _failed_run() -> Instance:
-    def crash(attempt: int) -> _TracedError:
-        return _TracedError(
+    def crash(attempt: int) -> ErrorRecord:
+        return ErrorRecord(
             kind="crash",
             message="'missing'",
             step="explode",
@@ -71,12 +60,12 @@ def _failed_run() -> Instance:
 
     history = (
         ExecutionEntry(step="prepare", event="ok", timestamp=T0, context_updates={"x": (1, 2)}),
-        _AttemptEntry(
-            step="explode", event="error", timestamp=T0 + timedelta(seconds=1), error=crash(1)
+        ExecutionEntry(
+            step="explode", event="", timestamp=T0 + timedelta(seconds=1), error=crash(1)
         ),
-        _AttemptEntry(
+        ExecutionEntry(
             step="explode",
-            event="error",
+            event="",
             timestamp=T0 + timedelta(seconds=2),
             attempt=2,
             error=crash(2),
@@ -100,8 +89,8 @@ def test_stamps_are_utc_with_microseconds_and_z() -> None:
     assert stamp(plus_one) == "2026-12-02T04:00:00.000005Z"
 
 
-def test_an_error_without_a_traceback_field_has_a_null_one() -> None:
-    plain = ErrorRecord.from_exception("crash", "s", KeyError("k"), attempt=1)
+def test_an_error_without_a_traceback_has_a_null_one() -> None:
+    plain = ErrorRecord(kind="crash", message="'k'", step="s", exception_type="KeyError", attempt=1)
     assert error_view(plain) == {
         "kind": "crash",
         "type": "KeyError",

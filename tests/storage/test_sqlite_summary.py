@@ -1,8 +1,8 @@
-"""SQLite's ``summary`` and paged ``query`` read indexes, not documents; schema 3 migrates.
+"""SQLite's ``summary`` and paged ``query`` read indexes, not documents; schema 4 migrates.
 
 The conformance suite checks what they return; these check how SQLite gets
 it (``EXPLAIN QUERY PLAN`` of the very statements the storage runs) and that
-a version-2 file gains the indexes in place, keeping its runs and timers.
+a version-3 file gains the indexes in place, keeping its runs and timers.
 """
 
 from __future__ import annotations
@@ -77,16 +77,16 @@ def test_a_page_walks_an_index_from_the_cursor(where: str, index: str) -> None:
     assert "TEMP B-TREE" not in plan
 
 
-async def test_a_version_2_file_is_migrated_with_its_runs_and_timers(
+async def test_a_version_3_file_is_migrated_with_its_runs_and_timers(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "v2.db"
+    path = tmp_path / "v3.db"
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
-        for migration in schema.SQL.migrations[:2]:
+        for migration in schema.SQL.migrations[:3]:
             for statement in schema.split_statements(migration.text):
                 conn.execute(statement)
         conn.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
-        conn.execute("PRAGMA user_version = 2")
+        conn.execute("PRAGMA user_version = 3")
     run = attrs.evolve(
         make_run(run_id="r1", created_at=T0),
         status=Status.WAITING,
@@ -96,22 +96,22 @@ async def test_a_version_2_file_is_migrated_with_its_runs_and_timers(
     timer = NewWakeup(
         run_id="r1", kind=WakeupKind.TIMER, step="wait", event="t", due_at=T0 + timedelta(days=1)
     )
-    # Written by a release whose newest schema is version 2.
+    # Written by a release whose newest schema is version 3.
     with monkeypatch.context() as old_release:
         old_release.setattr(
-            schema, "SQL", attrs.evolve(schema.SQL, migrations=schema.SQL.migrations[:2])
+            schema, "SQL", attrs.evolve(schema.SQL, migrations=schema.SQL.migrations[:3])
         )
-        old_release.setattr(schema, "SCHEMA_VERSION", 2)
+        old_release.setattr(schema, "SCHEMA_VERSION", 3)
         async with SQLiteStorage(path) as storage:
             await storage.create(run, now=T0)
             await storage.add_wakeup(timer, now=T0)
-    async with SQLiteStorage(path) as storage:  # this release migrates it to version 3
+    async with SQLiteStorage(path) as storage:  # this release migrates it to version 4
         summary = await storage.summary(now=T0 + timedelta(days=2))
         assert summary.count(status="waiting") == 1
         assert summary.due_timers == 1
         assert summary.oldest_due_timer_at == timer.due_at
         assert [i.run_id for i in await storage.query(workflow=run.workflow, limit=1)] == ["r1"]
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == schema.SCHEMA_VERSION == 4
         names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert {"hephaestus_runs_workflow_created_idx", "hephaestus_wakeups_timer_due_idx"} <= names

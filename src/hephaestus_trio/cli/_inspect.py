@@ -227,7 +227,7 @@ def _show_text(instance: Instance, count: int, wakeups: Sequence[Wakeup]) -> Non
         failed_at = {n for n, _, _ in failed}
         headers: tuple[str, ...] = ("#", "AT", "STEP", "EVENT", "ATTEMPT")
         history: list[tuple[Any, ...]] = [
-            (n, _stamp(e.timestamp), e.step, e.event, e.attempt)
+            (n, _stamp(e.timestamp), e.step, e.event or "-", e.attempt)
             for n, e in enumerate(i.execution_history, 1)
         ]
         if failed_at:

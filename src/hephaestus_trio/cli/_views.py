@@ -6,10 +6,9 @@ persisted format changes; keys are only ever added. Times are ISO-8601 UTC
 strings with microseconds and a ``Z`` (``2026-12-02T03:04:05.123456Z``),
 durations are float seconds, step lists are sorted.
 
-Two fields come from records another part of the library is adding
-(``ErrorRecord.traceback``, and ``ExecutionEntry.error`` on the entries of
-failed attempts); they are read with ``getattr(..., None)``, so until a run
-carries them the keys are ``null`` and no attempt is listed as failed.
+A failed attempt is an ``ExecutionEntry`` whose ``error`` is set (its
+``event`` is ``""``); the error's ``traceback`` is the bounded formatted
+traceback the run keeps, ``null`` when none was recorded (a ``Fail`` result).
 """
 
 from __future__ import annotations
@@ -54,8 +53,7 @@ def stamp(value: datetime | None) -> str | None:
 
 def traceback_of(error: ErrorRecord | None) -> str | None:
     """The formatted traceback the error record keeps, if it keeps one."""
-    text = getattr(error, "traceback", None)
-    return text if isinstance(text, str) else None
+    return None if error is None else error.traceback
 
 
 def error_view(error: ErrorRecord | None) -> dict[str, Any] | None:
@@ -72,16 +70,11 @@ def error_view(error: ErrorRecord | None) -> dict[str, Any] | None:
     }
 
 
-def _entry_error(entry: ExecutionEntry) -> ErrorRecord | None:
-    error = getattr(entry, "error", None)
-    return error if isinstance(error, ErrorRecord) else None
-
-
 def failed_attempts(instance: Instance) -> list[tuple[int, ExecutionEntry, ErrorRecord]]:
     """``(position in the history, from 1, entry, its error)`` of every failed attempt."""
     found = []
     for n, entry in enumerate(instance.execution_history, 1):
-        error = _entry_error(entry)
+        error = entry.error
         if error is not None:
             found.append((n, entry, error))
     return found
@@ -118,7 +111,7 @@ def history_view(instance: Instance) -> list[dict[str, Any]]:
             "attempt": entry.attempt,
             "wakeup": entry.wakeup,
             "context_updates": _plain(entry.context_updates),
-            "error": error_view(_entry_error(entry)),
+            "error": error_view(entry.error),
         }
         for n, entry in enumerate(instance.execution_history, 1)
     ]

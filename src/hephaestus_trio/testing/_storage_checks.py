@@ -64,6 +64,7 @@ from ..core._instance import (
     Status,
     TimerRecord,
 )
+from ..core._shape import DefinitionShape
 from ..storage._protocol import (
     Lease,
     NewWakeup,
@@ -295,10 +296,36 @@ def _full_run(run_id: str, status: Status, at: datetime) -> Instance:
         telemetry_metadata={"tenant": "acme"},
         execution_history=(
             ExecutionEntry(step="validate", event="valid", timestamp=at, context_updates={"ok": 1}),
+            ExecutionEntry(
+                step="ship",
+                event="",
+                timestamp=at,
+                attempt=2,
+                error=ErrorRecord(
+                    kind="timeout",
+                    message="too slow",
+                    step="ship",
+                    exception_type="trio.TooSlowError",
+                    attempt=2,
+                    traceback='Traceback (most recent call last):\n  File "x.py"\nTooSlowError\n',
+                ),
+            ),
             ExecutionEntry(step="ship", event="done", timestamp=at, attempt=3, wakeup=7),
         ),
         error=ErrorRecord(
-            kind="crash", message="boom", step="ship", exception_type="OSError", attempt=2
+            kind="crash",
+            message="boom",
+            step="ship",
+            exception_type="OSError",
+            attempt=2,
+            traceback="Traceback (most recent call last):\nOSError: boom \u00fc\n",
+        ),
+        definition_fingerprint="sha256:" + "0" * 64,
+        definition_shape=DefinitionShape(
+            start="validate",
+            steps=("done", "ship", "validate", "wait"),
+            events=(("ship", "done"), ("validate", "valid"), ("wait", "timeout")),
+            transitions=(("validate", "valid", "ship"), ("validate", "valid", "wait")),
         ),
         updated_at=at,
     )
@@ -1533,6 +1560,34 @@ async def _add_wakeup_returns_the_recorded_wakeup(
         for value, what in [(added.due_at, "due_at"), (added.created_at, "created_at")]:
             _eq(value.utcoffset(), timedelta(0), f"{what} comes back in UTC")
         _eq(await s.wakeups("r1"), [expected], "wakeups lists it")
+
+
+@_check
+async def _a_wakeup_keeps_the_trace_context_of_its_sender(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with new_storage() as s:
+        await s.create(make_run(run_id="r1"), now=T0)
+        sent = attrs.evolve(_resume("r1", "wait", "go"), trace_context=headers)
+        added = await s.add_wakeup(sent, now=T0)
+        assert added is not None
+        _eq(added.trace_context, headers, "add_wakeup returns the trace context")
+        cancel = await s.add_wakeup(_cancel("r1"), now=T0)
+        assert cancel is not None
+        _eq(cancel.trace_context, None, "a wakeup sent without one has none")
+        _eq(
+            [w.trace_context for w in await s.wakeups("r1")],
+            [headers, None],
+            "the trace contexts as stored",
+        )
+    if durable:
+        async with new_storage() as again:
+            _eq(
+                [w.trace_context for w in await again.wakeups("r1")],
+                [headers, None],
+                "the trace contexts as another object on the same data reads them",
+            )
 
 
 @_check

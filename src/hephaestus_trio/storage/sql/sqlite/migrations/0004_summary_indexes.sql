@@ -1,4 +1,4 @@
--- Migration 0003: indexes for summary() and paged queries (user_version 2 -> 3).
+-- Migration 0004: indexes for summary() and paged queries (user_version 3 -> 4).
 --
 -- summary() counts runs by workflow and status and counts the timers due at
 -- a given time, in SQL and from indexes only (no document is read): an
