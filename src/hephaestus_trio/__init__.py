@@ -17,6 +17,7 @@ from ._errors import EngineClosed as EngineClosed
 from ._errors import HephaestusError as HephaestusError
 from ._errors import InstanceNotFound as InstanceNotFound
 from ._errors import InstanceRestarted as InstanceRestarted
+from ._errors import InvalidArgument as InvalidArgument
 from ._errors import InvalidResume as InvalidResume
 from ._errors import InvalidValue as InvalidValue
 from ._errors import LeaseLost as LeaseLost
@@ -103,6 +104,7 @@ __all__ = [
     "Instance",
     "InstanceNotFound",
     "InstanceRestarted",
+    "InvalidArgument",
     "InvalidResume",
     "InvalidValue",
     "LeaseLost",

@@ -16,6 +16,7 @@ __all__ = [
     "HephaestusError",
     "InstanceNotFound",
     "InstanceRestarted",
+    "InvalidArgument",
     "InvalidResume",
     "InvalidValue",
     "LeaseLost",
@@ -196,6 +197,27 @@ class InvalidValue(HephaestusError, ValueError):
     allowed and what to change. It is also a ``ValueError``, so code written
     with ``except ValueError`` keeps working.
     """
+
+
+class InvalidArgument(InvalidValue):
+    """A value the caller passed cannot be used; nothing was read or changed.
+
+    Raised for bad storage query arguments (``limit``, ``after``,
+    ``created_after``) and bad command-line options (``--status``, ``--since``,
+    ``--after``). An ``InvalidValue`` (so also a ``ValueError``) with the parts
+    of its message as attributes: ``name`` is the argument or option, ``value``
+    what was given and ``allowed`` what would have been accepted, so the
+    message tells the caller what to do instead.
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{name}: {value!r} is not allowed; expected {allowed}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.value, self.allowed))
 
 
 class WaitTimeout(HephaestusError, TimeoutError):

@@ -3,8 +3,10 @@
 from ._memory import MemoryStorage as MemoryStorage
 from ._protocol import Lease as Lease
 from ._protocol import NewWakeup as NewWakeup
+from ._protocol import RunSummary as RunSummary
 from ._protocol import Storage as Storage
 from ._protocol import UniqueViolation as UniqueViolation
+from ._protocol import WaitingRun as WaitingRun
 from ._protocol import Wakeup as Wakeup
 from ._protocol import WakeupGone as WakeupGone
 from ._protocol import WakeupKind as WakeupKind
@@ -17,9 +19,11 @@ __all__ = [
     "Lease",
     "MemoryStorage",
     "NewWakeup",
+    "RunSummary",
     "SQLiteStorage",
     "Storage",
     "UniqueViolation",
+    "WaitingRun",
     "Wakeup",
     "WakeupGone",
     "WakeupKind",
