@@ -182,6 +182,7 @@ class MemoryStorage:
         dedup_key: str | None,
         due_at: datetime,
         now: datetime,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Wakeup:
         wakeup = Wakeup(
             seq=next(self._seq),
@@ -193,6 +194,7 @@ class MemoryStorage:
             dedup_key=dedup_key,
             due_at=due_at,
             created_at=now,
+            trace_context=None if trace_context is None else dict(trace_context),
         )
         run.wakeups[wakeup.seq] = wakeup
         return wakeup
@@ -486,6 +488,7 @@ class MemoryStorage:
             dedup_key=wakeup.dedup_key,
             due_at=due_at,
             now=now,
+            trace_context=wakeup.trace_context,
         )
         run.wake_at = due_at if run.wake_at is None else min(run.wake_at, due_at)
         self._bump()

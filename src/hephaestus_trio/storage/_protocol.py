@@ -101,6 +101,9 @@ class NewWakeup:
     """A resume whose key was already recorded for the run is a no-op."""
     due_at: datetime
     """When it may apply: a timer's ``fire_at``; ``now`` for the others."""
+    trace_context: Mapping[str, str] | None = None
+    """W3C trace headers (``traceparent``, ``tracestate``) of the code that added it, so
+    the spans of applying it join that trace in whichever engine applies it."""
 
 
 @final
@@ -118,6 +121,8 @@ class Wakeup:
     dedup_key: str | None
     due_at: datetime
     created_at: datetime
+    trace_context: Mapping[str, str] | None = None
+    """As recorded from ``NewWakeup.trace_context``."""
 
     def timer_record(self) -> TimerRecord:
         """The ``TimerRecord`` a timer wakeup stands for (readers see it in ``Instance.timers``)."""

@@ -1262,6 +1262,34 @@ async def _add_wakeup_returns_the_recorded_wakeup(
 
 
 @_check
+async def _a_wakeup_keeps_the_trace_context_of_its_sender(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with new_storage() as s:
+        await s.create(make_run(run_id="r1"), now=T0)
+        sent = attrs.evolve(_resume("r1", "wait", "go"), trace_context=headers)
+        added = await s.add_wakeup(sent, now=T0)
+        assert added is not None
+        _eq(added.trace_context, headers, "add_wakeup returns the trace context")
+        cancel = await s.add_wakeup(_cancel("r1"), now=T0)
+        assert cancel is not None
+        _eq(cancel.trace_context, None, "a wakeup sent without one has none")
+        _eq(
+            [w.trace_context for w in await s.wakeups("r1")],
+            [headers, None],
+            "the trace contexts as stored",
+        )
+    if durable:
+        async with new_storage() as again:
+            _eq(
+                [w.trace_context for w in await again.wakeups("r1")],
+                [headers, None],
+                "the trace contexts as another object on the same data reads them",
+            )
+
+
+@_check
 async def _seqs_increase_across_runs_and_kinds(
     new_storage: StorageFactory, *, durable: bool
 ) -> None:

@@ -215,8 +215,9 @@ SELECT COUNT(*) FROM hephaestus_wakeups WHERE run_id = :run_id AND kind = 'resum
 
 -- insert_wakeup --
 -- Record one wakeup; seq comes from AUTOINCREMENT (cursor.lastrowid).
-INSERT INTO hephaestus_wakeups (run_id, kind, step, event, payload, dedup_key, due_at, created_at)
-VALUES (:run_id, :kind, :step, :event, :payload, :dedup_key, :due_at, :created_at);
+INSERT INTO hephaestus_wakeups
+    (run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace_context)
+VALUES (:run_id, :kind, :step, :event, :payload, :dedup_key, :due_at, :created_at, :trace_context);
 
 -- wake_by --
 -- The run needs a driver no later than :due_at.
@@ -240,7 +241,7 @@ DELETE FROM hephaestus_wakeups WHERE seq = :seq AND run_id = :run_id AND kind = 
 
 -- wakeups_of_run --
 -- One run's unapplied wakeups, in seq order.
-SELECT seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at
+SELECT seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace_context
 FROM hephaestus_wakeups WHERE run_id = :run_id ORDER BY seq;
 
 -- owned_wakeups --
