@@ -43,6 +43,7 @@ from .._errors import HephaestusError
 from ..core._instance import Instance, Status, TimerRecord
 
 __all__ = [
+    "EngineRecord",
     "Lease",
     "NewWakeup",
     "Storage",
@@ -71,6 +72,25 @@ class Lease:
     """Fencing token: bumped by every claim, so a stale owner's writes are refused."""
     expires_at: datetime
     """When the lease lapses unless renewed (``now + ttl`` at the claim or renewal)."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class EngineRecord:
+    """An engine registered on a storage, as ``Storage.engines`` lists it (for operators)."""
+
+    engine_id: str
+    """The engine's id (a fresh UUID per engine start)."""
+    host: str | None
+    """Host name it registered with (metadata)."""
+    pid: int | None
+    """Process id it registered with (metadata)."""
+    started_at: datetime
+    """When it registered."""
+    last_heartbeat: datetime | None
+    """Its last lease renewal (or its registration); ``None`` if the backend never saw one."""
+    runs_owned: int
+    """Live runs it holds a lease on now (expired leases not yet taken over included)."""
 
 
 class WakeupKind(enum.Enum):
@@ -305,6 +325,8 @@ class Storage(Protocol):
         """Extend every lease still held exactly as given; returns the renewed ones.
 
         A lease missing from the result is lost (taken over, or its run ended).
+        It also refreshes ``owner``'s heartbeat (``EngineRecord.last_heartbeat``)
+        when ``owner`` is a registered engine, even when ``leases`` is empty.
         """
         ...
 
@@ -341,6 +363,14 @@ class Storage(Protocol):
 
     async def unregister_engine(self, engine_id: str) -> None:
         """Forget a cleanly stopped engine."""
+        ...
+
+    async def engines(self, *, now: datetime) -> list[EngineRecord]:
+        """Every registered engine, by ``engine_id``, with its heartbeat and live runs held.
+
+        For operators (the CLI's ``engines`` command); takeover never depends on it.
+        ``register_engine`` and every ``renew`` (even of no lease) set the heartbeat.
+        """
         ...
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
