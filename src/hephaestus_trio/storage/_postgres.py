@@ -132,6 +132,8 @@ class _Listener:
     """The LISTEN connection and its reconnection schedule (real time, ``time.monotonic``)."""
 
     conn: psycopg.Connection[Any] | None = None
+    fd: int = -1
+    """The connection's socket, kept: a lost connection no longer tells it."""
     retry_at: float = 0.0
     backoff: float = _RECONNECT_FIRST
     reading: bool = False
@@ -333,7 +335,7 @@ class PostgresStorage:
             bell, self._bell = self._bell, threading.Event()
             bell.set()
             if listener.conn is not None:
-                trio.lowlevel.notify_closing(listener.conn.fileno())
+                trio.lowlevel.notify_closing(listener.fd)
                 conn = listener.conn
                 await trio.to_thread.run_sync(conn.close)
             if executor is not None:
@@ -697,7 +699,7 @@ class PostgresStorage:
                 continue
             fd: int | None = None
             if listener.conn is not None and not listener.reading:
-                fd = listener.conn.fileno()
+                fd = listener.fd
                 listener.reading = True
             timeout = max(0.0, poll_at - time.monotonic())
             if self._notify and listener.conn is None:
@@ -743,7 +745,7 @@ class PostgresStorage:
         listener.retry_at = time.monotonic() + listener.backoff
         listener.backoff = min(listener.backoff * 2, _RECONNECT_MAX)
         if conn is not None:
-            trio.lowlevel.notify_closing(conn.fileno())
+            trio.lowlevel.notify_closing(listener.fd)
             try:
                 conn.close()
             except Exception:  # pragma: no cover - closing a broken connection
@@ -773,7 +775,7 @@ class PostgresStorage:
         if listener is not self._listener:  # closed (or reopened) meanwhile
             conn.close()
             return False
-        listener.conn = conn
+        listener.conn, listener.fd = conn, conn.fileno()
         listener.backoff = _RECONNECT_FIRST
         listener.connects += 1
         return True
