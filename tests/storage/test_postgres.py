@@ -390,9 +390,7 @@ async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
     async with opened(postgres_dsn) as setup:
         for n in range(100):
             await setup.create(parked(f"r{n:03d}", *[f"s{k}" for k in range(10)]), now=T0)
-    listener = await trio.to_thread.run_sync(
-        lambda: psycopg.connect(postgres_dsn, autocommit=True)
-    )
+    listener = await trio.to_thread.run_sync(lambda: psycopg.connect(postgres_dsn, autocommit=True))
     try:
         listener.execute("LISTEN hephaestus_changes")
         async with opened(postgres_dsn, pool_size=10) as storage:
@@ -400,9 +398,7 @@ async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
             async def resumes(batch: int) -> None:
                 for n in range(batch * 10, batch * 10 + 10):
                     for step in range(10):
-                        added = await storage.add_wakeup(
-                            resume(f"r{n:03d}", f"s{step}"), now=T0
-                        )
+                        added = await storage.add_wakeup(resume(f"r{n:03d}", f"s{step}"), now=T0)
                         assert added is not None
 
             async with trio.open_nursery() as nursery:
@@ -522,15 +518,36 @@ async def test_a_bogus_caller_clock_changes_nothing(postgres_dsn: str) -> None:
 # -- engines ---------------------------------------------------------------------
 
 
+def register_in_another_process(dsn: str, engine_id: str, info: dict[str, Any]) -> None:
+    """An engine of an earlier process: it registers, takes a run, and its process ends."""
+    code = textwrap.dedent(
+        f"""
+        import trio
+        from datetime import UTC, datetime
+        from hephaestus_trio import Instance, PostgresStorage
+
+        async def main():
+            async with PostgresStorage({dsn!r}) as storage:
+                now = datetime.now(UTC)
+                await storage.register_engine({engine_id!r}, now=now, info={info!r})
+                run = Instance.new("tests.Order", {{}}, id="orderid::r1", run_id="r1", now=now)
+                await storage.create(run, now=now, owner={engine_id!r}, ttl=300)
+
+        trio.run(main)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 async def test_a_new_engine_with_the_same_host_and_pid_reclaims_at_once(
     postgres_dsn: str,
 ) -> None:
-    async with opened(postgres_dsn) as old, opened(postgres_dsn) as new:
-        info = {"host": "box-1", "pid": 4242}
-        await old.register_engine("E-old", now=T0, info=info)
-        await old.register_engine("E-other", now=T0, info={"host": "box-2", "pid": 4242})
-        await old.create(make_instance(run_id="r1"), now=T0, owner="E-old", ttl=300)
-        await old.create(make_instance(run_id="r2"), now=T0, owner="E-other", ttl=300)
+    info = {"host": "box-1", "pid": 4242}
+    await trio.to_thread.run_sync(register_in_another_process, postgres_dsn, "E-old", info)
+    async with opened(postgres_dsn) as new:
+        await new.register_engine("E-other", now=T0, info={"host": "box-2", "pid": 4242})
+        await new.create(make_instance(run_id="r2"), now=T0, owner="E-other", ttl=300)
         assert await new.claim("E-new", now=T0, ttl=30, workflows=None, limit=10) == []
         seen = await new.wait_for_change(-1)
         await new.register_engine("E-new", now=T0, info=info)
@@ -542,6 +559,22 @@ async def test_a_new_engine_with_the_same_host_and_pid_reclaims_at_once(
             ("E-new", 1),
             ("E-other", 1),
         ]
+        for engine_id in ("E-new", "E-other"):
+            await new.unregister_engine(engine_id)
+
+
+async def test_engines_of_one_process_share_host_and_pid_and_stay_alive(
+    postgres_dsn: str,
+) -> None:
+    async with opened(postgres_dsn) as first, opened(postgres_dsn) as second:
+        info = {"host": "box-1", "pid": 4343}
+        await first.register_engine("E-a", now=T0, info=info)
+        await first.create(make_instance(run_id="r1"), now=T0, owner="E-a", ttl=300)
+        await second.register_engine("E-b", now=T0, info=info)
+        assert await second.claim("E-b", now=T0, ttl=30, workflows=None, limit=10) == []
+        assert [e.engine_id for e in await second.engines(now=T0)] == ["E-a", "E-b"]
+        await first.unregister_engine("E-a")
+        await first.unregister_engine("E-b")
 
 
 async def test_the_heartbeat_is_the_database_clock(postgres_dsn: str) -> None:

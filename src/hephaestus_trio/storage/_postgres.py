@@ -68,6 +68,11 @@ _T = TypeVar("_T")
 _CHANNEL = "hephaestus_changes"
 _RECONNECT_FIRST = 0.1
 _RECONNECT_MAX = 5.0
+_ENGINES_HERE: set[str] = set()
+"""Engines registered by this process (through any ``PostgresStorage``) and not unregistered.
+
+They share the process's host and pid, so a registration with that host and
+pid proves none of *them* dead; only engines of an earlier process are."""
 _PASSWORD = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@]*:)([^@]*)(@)", re.IGNORECASE)
 
 
@@ -574,7 +579,12 @@ class PostgresStorage:
 
         That older engine's process is gone (its pid now belongs to the
         registering process on the same host), so its leases lapse at once and
-        its runs are claimable without waiting for the TTL.
+        its runs are claimable without waiting for the TTL. Engines registered
+        by this same process (they share its pid) are of course not dead. The
+        proof needs ``host`` to name the pid namespace: containers sharing the
+        host's network and name (``hostNetwork``), all pid 1, must register a
+        distinct ``host`` (e.g. the container id), or each start would expire
+        the others' leases once (safely: fenced writes refuse the old owner).
         """
         from . import _postgres_ops as ops
 
@@ -587,9 +597,12 @@ class PostgresStorage:
             "started_at": now,
             "info": ops.json_text(info),
         }
+        here = sorted(_ENGINES_HERE - {engine_id})
         dead = await self._run(
-            "register_engine", lambda conn: ops.register_engine(conn, row, now=at)
+            "register_engine",
+            lambda conn: ops.register_engine(conn, row, now=at, alive_here=here),
         )
+        _ENGINES_HERE.add(engine_id)
         if dead:
             self._bump()
             await self._hint()
@@ -598,6 +611,7 @@ class PostgresStorage:
         from . import _postgres_ops as ops
 
         await self._run("unregister_engine", lambda conn: ops.unregister_engine(conn, engine_id))
+        _ENGINES_HERE.discard(engine_id)
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         """``[]``: no engine can be proved dead from here (``register_engine`` proves some)."""

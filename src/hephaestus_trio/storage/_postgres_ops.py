@@ -324,10 +324,16 @@ def next_wake(conn: Conn, owner: str, workflows: Collection[WorkflowKey] | None)
 # -- engines ---------------------------------------------------------------------
 
 
-def register_engine(conn: Conn, row: Mapping[str, Any], *, now: datetime | None) -> list[str]:
-    """Register; returns the engines found dead (same host and pid), whose leases lapse now."""
+def register_engine(
+    conn: Conn, row: Mapping[str, Any], *, now: datetime | None, alive_here: Sequence[str]
+) -> list[str]:
+    """Register; returns the engines found dead (same host and pid), whose leases lapse now.
+
+    ``alive_here``: engines registered by this process, which share its host and pid.
+    """
     with conn.transaction():
-        dead = [engine_id for (engine_id,) in conn.execute(q("same_host_and_pid"), row)]
+        found = conn.execute(q("same_host_and_pid"), {**row, "alive_here": list(alive_here)})
+        dead = [engine_id for (engine_id,) in found]
         if dead:
             conn.execute(q("expire_owners"), {"owners": dead, "now": now})
         conn.execute(q("register_engine"), {**row, "now": now})

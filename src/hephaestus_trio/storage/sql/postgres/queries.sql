@@ -233,9 +233,11 @@ ON CONFLICT (engine_id) DO UPDATE SET
     info = excluded.info;
 
 -- same_host_and_pid --
--- Other engines registered with the new engine's host and pid: that process is gone.
+-- Engines registered with the new engine's host and pid that are not engines of this
+-- very process (:alive_here): their process is gone, its pid reused by the new one.
 DELETE FROM hephaestus_engines
 WHERE host = %(host)s AND pid = %(pid)s AND engine_id <> %(engine_id)s
+    AND NOT (engine_id = ANY(%(alive_here)s::text[]))
 RETURNING engine_id;
 
 -- expire_owners --
