@@ -386,6 +386,31 @@ async def test_without_notify_polling_finds_the_change(
         assert sessions == [(0,)], "notify=False opens no LISTEN connection"
 
 
+async def test_cancelled_waits_leave_no_doze_thread_behind(postgres_dsn: str) -> None:
+    async with opened(postgres_dsn, poll_interval=30) as storage:
+        seen = await storage.wait_for_change(-1)
+        for _ in range(40):  # as an engine's claim loop woken by its doorbell
+            with trio.move_on_after(0.01):
+                await storage.wait_for_change(seen)
+        limiter = storage._doze_limiter
+        await until("every doze thread ended", lambda: limiter.borrowed_tokens == 0)
+        took = await wait_changed_after(storage, seen, lambda: storage.release_all("x", now=T0))
+        assert took < 5
+
+
+async def wait_changed_after(storage: PostgresStorage, seen: int, change: Any) -> float:
+    async with trio.open_nursery() as nursery:
+        took: list[float] = []
+
+        async def wait() -> None:
+            took.append(await wait_changed(storage, seen, within=DEADLINE))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        await change()
+    return took[0]
+
+
 async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
     async with opened(postgres_dsn) as setup:
         for n in range(100):

@@ -227,7 +227,9 @@ class PostgresStorage:
         self._was_opened = False
         # wait_for_change: a counter moved by local changes, notifications and polls.
         self._changes = 0
-        self._bell = threading.Event()
+        # One event per waiter dozing in a worker thread: a change sets them all;
+        # a waiter that stops (cancelled) sets its own, so its thread ends at once.
+        self._dozers: set[threading.Event] = set()
         self._doze_limiter = trio.CapacityLimiter(8)
         # NOTIFY coalescing: one in flight at a time; a change meanwhile sends one more.
         self._hinting = False
@@ -321,10 +323,19 @@ class PostgresStorage:
                     ) from exc
 
             await trio.to_thread.run_sync(open_pool)
-            self._executor = Executor(pool, self._pool_size)
             self._listener = _Listener()
-            if self._notify:
-                await self._reconnect_listener()
+            try:
+                if self._notify:
+                    await self._reconnect_listener()
+            except BaseException:
+                # Cancelled while connecting the listener: leave nothing open
+                # (synchronously: an await here would itself be cancelled).
+                if self._listener.conn is not None:
+                    self._listener.conn.close()
+                self._listener = _Listener()
+                pool.close(timeout=0)
+                raise
+            self._executor = Executor(pool, self._pool_size)
             self._is_open = self._was_opened = True
 
     async def close(self) -> None:
@@ -337,8 +348,8 @@ class PostgresStorage:
             listener, self._listener = self._listener, _Listener()
             self._owned_marks.clear()
             # Waiters in wait_for_change wake up and find the storage closed.
-            bell, self._bell = self._bell, threading.Event()
-            bell.set()
+            for dozer in self._dozers:
+                dozer.set()
             if listener.conn is not None:
                 trio.lowlevel.notify_closing(listener.fd)
                 conn = listener.conn
@@ -718,9 +729,13 @@ class PostgresStorage:
             timeout = max(0.0, poll_at - time.monotonic())
             if self._notify and listener.conn is None:
                 timeout = min(timeout, max(0.0, listener.retry_at - time.monotonic()))
+            bell = threading.Event()
+            self._dozers.add(bell)
             try:
-                readable = await doze(self._bell, timeout, fd=fd, limiter=self._doze_limiter)
+                readable = await doze(bell, timeout, fd=fd, limiter=self._doze_limiter)
             finally:
+                self._dozers.discard(bell)
+                bell.set()  # a doze thread left behind by a cancellation ends now
                 if fd is not None:
                     listener.reading = False
             self._check_open()
@@ -759,7 +774,8 @@ class PostgresStorage:
         listener.retry_at = time.monotonic() + listener.backoff
         listener.backoff = min(listener.backoff * 2, _RECONNECT_MAX)
         if conn is not None:
-            trio.lowlevel.notify_closing(listener.fd)
+            # No notify_closing here: nobody waits on the socket now (the reader
+            # is the caller), and libpq may have closed it, its number reused.
             try:
                 conn.close()
             except Exception:  # pragma: no cover - closing a broken connection
@@ -797,8 +813,8 @@ class PostgresStorage:
     def _bump(self) -> None:
         """A change that may give some engine work: wake ``wait_for_change``."""
         self._changes += 1
-        bell, self._bell = self._bell, threading.Event()
-        bell.set()
+        for dozer in self._dozers:
+            dozer.set()
 
     async def _hint(self) -> None:
         """Tell the other engines, coalesced: one NOTIFY in flight, one more if changes came."""
