@@ -786,22 +786,40 @@ class PostgresStorage:
         import psycopg
 
         listener = self._listener
+        lock = threading.Lock()
+        made: list[psycopg.Connection[Any]] = []
+        abandoned = False
 
-        def connect() -> psycopg.Connection[Any]:
+        def connect() -> None:
             conn = self._connect(psycopg, f"{self._application_name} listener")
             try:
                 conn.execute(f"LISTEN {_CHANNEL}")
             except BaseException:
                 conn.close()
                 raise
-            return conn
+            with lock:
+                if abandoned:  # the waiter was cancelled meanwhile: nobody takes it
+                    conn.close()
+                else:
+                    made.append(conn)
 
         try:
-            conn = await trio.to_thread.run_sync(connect)
+            # Abandoned on cancellation: an engine must not wait out a connect
+            # timeout (the server down) to react to its doorbell.
+            await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
         except (StorageError, psycopg.Error):
             listener.retry_at = time.monotonic() + listener.backoff
             listener.backoff = min(listener.backoff * 2, _RECONNECT_MAX)
             return False
+        except trio.Cancelled:
+            with lock:
+                abandoned = True
+                leftover, made[:] = made[:], []
+            for conn in leftover:  # connected just as we were cancelled
+                conn.close()
+            raise
+        with lock:
+            conn = made.pop()
         if listener is not self._listener:  # closed (or reopened) meanwhile
             conn.close()
             return False
