@@ -20,8 +20,8 @@ The design in five points (``docs/storage.md`` has the long form):
   ``clock="caller"`` the passed ``now`` is used exactly as SQLite uses it (the
   conformance suite and virtual-time tests drive time through it).
 - **NOTIFY is a hint.** Changes that give another engine work (an unowned
-  run, a wakeup, a release that found new wakeups, a shutdown's release)
-  send at most one NOTIFY per transaction, coalesced across concurrent
+  run, a wakeup, a release that found new wakeups, a shutdown's release) or
+  end a run (someone elsewhere may wait for it) send at most one NOTIFY per transaction, coalesced across concurrent
   callers (one in flight at a time); the payload is only the sending
   storage's id, so that it can ignore its own echo. One dedicated
   LISTEN connection per opened storage is driven without a thread;
@@ -487,12 +487,15 @@ class PostgresStorage:
             raise ValueError(f"lease of {lease.run_id!r} cannot write run {instance.run_id!r}")
         row = _run_row(instance)
         consumed, timers = list(consume), list(add_timers)
-        return await self._run(
+        added = await self._run(
             "write",
             lambda conn: ops.write(
                 conn, lease, instance, row, consume=consumed, add_timers=timers, created_at=now
             ),
         )
+        if instance.status.is_terminal:
+            await self._hint()  # whoever waits for the run's end elsewhere looks now
+        return added
 
     async def delete(self, run_id: str) -> None:
         from . import _postgres_ops as ops
