@@ -23,9 +23,9 @@ The design in five points (``docs/storage.md`` has the long form):
   run, a wakeup, a release that found new wakeups, a shutdown's release) or
   end a run (someone elsewhere may wait for it) send at most one NOTIFY
   per transaction, coalesced across concurrent callers (one in flight at a
-  time); the payload is only the sending
-  storage's id, so that it can ignore its own echo. One dedicated
-  LISTEN connection per opened storage is driven without a thread;
+  time); the payload is only the sending storage's id, so that it can
+  ignore its own echo. One dedicated LISTEN connection per opened storage is
+  driven without a thread;
   ``wait_for_change`` also returns every ``poll_interval`` whatever happened,
   so a lost LISTEN connection (reconnected with backoff) or ``notify=False``
   only delays work by one poll interval and loses nothing.
