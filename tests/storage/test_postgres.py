@@ -241,6 +241,25 @@ async def _quietly(call: Any) -> Any:
         return None
 
 
+async def test_a_transaction_left_idle_by_a_paused_process_is_ended(postgres_dsn: str) -> None:
+    async with opened(postgres_dsn, idle_in_transaction_timeout=0.3) as storage:
+        setting = await storage._run(
+            "show", lambda conn: conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        )
+        assert setting == ("300ms",)
+
+        def stuck(conn: Any) -> Any:
+            # What a process paused inside a transaction leaves behind.
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1")
+            time.sleep(1.0)
+            return conn.execute("SELECT 1").fetchone()
+
+        with pytest.raises(StorageError, match="idle-in-transaction timeout|terminat"):
+            await storage._run("stuck", stuck)
+        assert await storage.query() == []  # the pool replaced the connection
+
+
 # -- cancellation --------------------------------------------------------------------
 
 

@@ -179,6 +179,11 @@ class PostgresStorage:
         connect_timeout: seconds to wait for a connection before failing.
         application_name: shown in ``pg_stat_activity`` (the LISTEN connection
             adds `` listener``).
+        idle_in_transaction_timeout: seconds after which the server ends a
+            session of ours idle inside a transaction. Our transactions never
+            wait between statements, so only a paused or stuck process trips
+            it; it frees the row locks such a process holds, which would
+            otherwise keep its runs from being taken over.
 
     Raises:
         StorageError: a bad option; on ``open``: psycopg is not installed,
@@ -199,6 +204,7 @@ class PostgresStorage:
         clock: Literal["database", "caller"] = "database",
         connect_timeout: float = 10.0,
         application_name: str = "hephaestus-trio",
+        idle_in_transaction_timeout: float = 10.0,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise StorageError(f"PostgresStorage needs a DSN string, got {dsn!r}")
@@ -210,6 +216,11 @@ class PostgresStorage:
             )
         if clock not in ("database", "caller"):
             raise StorageError(f"clock must be 'database' or 'caller', got {clock!r}")
+        if not idle_in_transaction_timeout > 0:
+            raise StorageError(
+                "idle_in_transaction_timeout must be a positive number of seconds, "
+                f"got {idle_in_transaction_timeout!r}"
+            )
         if not connect_timeout > 0:
             raise StorageError(
                 f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}"
@@ -221,6 +232,7 @@ class PostgresStorage:
         self._clock = clock
         self._connect_timeout = float(connect_timeout)
         self._application_name = application_name
+        self._idle_timeout_ms = max(1, round(idle_in_transaction_timeout * 1000))
         self._executor: Executor | None = None
         self._listener = _Listener()
         self._lifecycle = trio.Lock()
@@ -309,6 +321,7 @@ class PostgresStorage:
                     "connect_timeout": max(1, round(self._connect_timeout)),
                 },
                 open=False,
+                configure=self._configure,
                 timeout=self._connect_timeout,
                 name=f"hephaestus-trio {redact(self._dsn)}",
             )
@@ -373,6 +386,13 @@ class PostgresStorage:
                 f"{describe(exc)}"
             ) from exc
         return cast("psycopg.Connection[Any]", conn)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Pool worker thread: settings of every new pooled connection."""
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+            (str(self._idle_timeout_ms),),
+        )
 
     def _check_open(self) -> Executor:
         if not self._is_open or self._executor is None:
