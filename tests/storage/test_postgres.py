@@ -621,6 +621,20 @@ async def test_engines_of_one_process_share_host_and_pid_and_stay_alive(
         await first.unregister_engine("E-b")
 
 
+async def test_an_engine_whose_storage_closed_is_gone_for_its_successor(
+    postgres_dsn: str,
+) -> None:
+    info = {"host": "box-3", "pid": 4444}
+    async with opened(postgres_dsn) as crashed:  # closed without unregistering: gone
+        await crashed.register_engine("E-crashed", now=T0, info=info)
+        await crashed.create(make_instance(run_id="r1"), now=T0, owner="E-crashed", ttl=300)
+    async with opened(postgres_dsn) as successor:
+        await successor.register_engine("E-successor", now=T0, info=info)
+        claimed = await successor.claim("E-successor", now=T0, ttl=30, workflows=None, limit=5)
+        assert [lease.run_id for lease in claimed] == ["r1"]
+        await successor.unregister_engine("E-successor")
+
+
 async def test_the_heartbeat_is_the_database_clock(postgres_dsn: str) -> None:
     async with opened(postgres_dsn) as storage:
         await storage.register_engine("E1", now=FAR_PAST, info={"host": "h", "pid": 1})

@@ -70,10 +70,12 @@ _CHANNEL = "hephaestus_changes"
 _RECONNECT_FIRST = 0.1
 _RECONNECT_MAX = 5.0
 _ENGINES_HERE: set[str] = set()
-"""Engines registered by this process (through any ``PostgresStorage``) and not unregistered.
+"""Engines registered by this process through a ``PostgresStorage`` still open.
 
 They share the process's host and pid, so a registration with that host and
-pid proves none of *them* dead; only engines of an earlier process are."""
+pid proves none of *them* dead; only engines of an earlier process (or of a
+storage object of this process that was closed without unregistering them:
+that engine is gone too) are."""
 _PASSWORD = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@]*:)([^@]*)(@)", re.IGNORECASE)
 
 
@@ -253,6 +255,8 @@ class PostgresStorage:
         """How many NOTIFYs this object sent (observed by tests and benchmarks)."""
         # owned_wakeups: per owner, the snapshot of its previous call.
         self._owned_marks: dict[str, str] = {}
+        # Engines registered through this object (alive while it is open).
+        self._registered: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({redact(self._dsn)!r}, clock={self._clock!r})"
@@ -361,6 +365,8 @@ class PostgresStorage:
             executor, self._executor = self._executor, None
             listener, self._listener = self._listener, _Listener()
             self._owned_marks.clear()
+            _ENGINES_HERE.difference_update(self._registered)
+            self._registered.clear()
             # Waiters in wait_for_change wake up and find the storage closed.
             for dozer in self._dozers:
                 dozer.set()
@@ -638,6 +644,7 @@ class PostgresStorage:
             lambda conn: ops.register_engine(conn, row, now=at, alive_here=here),
         )
         _ENGINES_HERE.add(engine_id)
+        self._registered.add(engine_id)
         if dead:
             self._bump()
             await self._hint()
@@ -647,6 +654,7 @@ class PostgresStorage:
 
         await self._run("unregister_engine", lambda conn: ops.unregister_engine(conn, engine_id))
         _ENGINES_HERE.discard(engine_id)
+        self._registered.discard(engine_id)
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         """``[]``: no engine can be proved dead from here (``register_engine`` proves some)."""
