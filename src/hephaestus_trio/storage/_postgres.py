@@ -55,8 +55,8 @@ import trio
 from .._errors import StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps
-from ._protocol import EngineRecord, Lease, NewWakeup, Wakeup, WorkflowKey
-from ._query import normalize_filters
+from ._protocol import EngineRecord, Lease, NewWakeup, RunSummary, Wakeup, WorkflowKey
+from ._query import normalize_filters, normalize_now, normalize_page
 
 if TYPE_CHECKING:
     import psycopg
@@ -478,10 +478,14 @@ class PostgresStorage:
         workflow: str | None = None,
         workflow_version: int | None = None,
         id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[Instance]:
         from . import _postgres_ops as ops
 
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
+        page = normalize_page(created_after, limit, after)
         where: list[LiteralString] = []
         params: dict[str, object] = {}
         if filters.statuses is not None:
@@ -496,11 +500,33 @@ class PostgresStorage:
         if filters.id is not None:
             where.append("r.id = %(id)s")
             params["id"] = filters.id
+        if page.created_after is not None:
+            where.append("r.created_at >= %(created_after)s")
+            params["created_after"] = page.created_after
+        if page.after is not None:
+            # A row comparison: the (created_at, run_id) index is walked from the cursor.
+            where.append("(r.created_at, r.run_id) > (%(after_created_at)s, %(after_run_id)s)")
+            params["after_created_at"], params["after_run_id"] = page.after
         sql: LiteralString = ops.q("select_runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " " + ops.q("order_runs")
+        if page.limit is not None:
+            sql += " " + ops.q("limit_runs")
+            params["limit"] = page.limit
         return await self._run("query", lambda conn: ops.query(conn, sql, params))
+
+    async def summary(self, *, now: datetime) -> RunSummary:
+        """Counts by workflow and status, the oldest waiting run, the timers due.
+
+        "Due" is by the database clock under ``clock="database"``.
+        """
+        from . import _postgres_ops as ops
+
+        at = normalize_now(now) if self._clock == "caller" else None
+        if at is None:
+            normalize_now(now)  # InvalidArgument for a naive now, whatever the clock
+        return await self._run("summary", lambda conn: ops.summary(conn, at))
 
     async def create(
         self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
