@@ -23,7 +23,10 @@ Time: every method that compares leases or due times takes ``now`` (a
 timezone-aware datetime) from the caller. On one machine (memory, SQLite)
 that is the engine's wall clock, which follows Trio's clock, so tests under
 ``trio.testing.MockClock`` expire leases and fire timers in virtual time. Lease
-lengths are durations (``ttl`` seconds), never absolute times.
+lengths are durations (``ttl`` seconds), never absolute times. A backend shared
+by several machines may keep time by its own clock instead (``PostgresStorage``
+with ``clock="database"``, its default: the server's ``now()`` decides every
+lease and due time, and ``now`` is then only metadata).
 
 Capabilities a backend states with class attributes:
 
@@ -43,6 +46,7 @@ from .._errors import HephaestusError
 from ..core._instance import Instance, Status, TimerRecord
 
 __all__ = [
+    "EngineRecord",
     "Lease",
     "NewWakeup",
     "RunSummary",
@@ -73,6 +77,25 @@ class Lease:
     """Fencing token: bumped by every claim, so a stale owner's writes are refused."""
     expires_at: datetime
     """When the lease lapses unless renewed (``now + ttl`` at the claim or renewal)."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class EngineRecord:
+    """An engine registered on a storage, as ``Storage.engines`` lists it (for operators)."""
+
+    engine_id: str
+    """The engine's id (a fresh UUID per engine start)."""
+    host: str | None
+    """Host name it registered with (metadata)."""
+    pid: int | None
+    """Process id it registered with (metadata)."""
+    started_at: datetime
+    """When it registered."""
+    last_heartbeat: datetime | None
+    """Its last lease renewal (or its registration); ``None`` if the backend never saw one."""
+    runs_owned: int
+    """Live runs it holds a lease on now (expired leases not yet taken over included)."""
 
 
 class WakeupKind(enum.Enum):
@@ -384,6 +407,8 @@ class Storage(Protocol):
         """Extend every lease still held exactly as given; returns the renewed ones.
 
         A lease missing from the result is lost (taken over, or its run ended).
+        It also refreshes ``owner``'s heartbeat (``EngineRecord.last_heartbeat``)
+        when ``owner`` is a registered engine, even when ``leases`` is empty.
         """
         ...
 
@@ -420,6 +445,14 @@ class Storage(Protocol):
 
     async def unregister_engine(self, engine_id: str) -> None:
         """Forget a cleanly stopped engine."""
+        ...
+
+    async def engines(self, *, now: datetime) -> list[EngineRecord]:
+        """Every registered engine, by ``engine_id``, with its heartbeat and live runs held.
+
+        For operators (the CLI's ``engines`` command); takeover never depends on it.
+        ``register_engine`` and every ``renew`` (even of no lease) set the heartbeat.
+        """
         ...
 
     async def reap_engines(self, *, now: datetime) -> list[str]:

@@ -8,6 +8,8 @@
   first, fail) plus scheduling choices;
 * ``run_script(workflow, script)``: play a script on the pure engine functions
   and get every instance reached;
+* ``PostgresCluster``: a throwaway PostgreSQL server (``initdb`` + ``pg_ctl``
+  in a temporary directory, loopback only) for testing against PostgreSQL;
 * ``check_storage(new_location, durable=...)`` / ``STORAGE_CHECKS``: the storage
   conformance suite, for any ``Storage`` backend (needs neither Hypothesis
   nor pytest).
@@ -17,6 +19,8 @@ from ._driver import EPOCH as EPOCH
 from ._driver import Outcome as Outcome
 from ._driver import OutcomeScript as OutcomeScript
 from ._driver import run_script as run_script
+from ._postgres_cluster import PostgresCluster as PostgresCluster
+from ._postgres_cluster import find_postgres_bindir as find_postgres_bindir
 from ._storage_checks import STORAGE_CHECKS as STORAGE_CHECKS
 from ._storage_checks import StorageCheck as StorageCheck
 from ._storage_checks import StorageFactory as StorageFactory
@@ -37,12 +41,14 @@ __all__ = [
     "NodeSpec",
     "Outcome",
     "OutcomeScript",
+    "PostgresCluster",
     "StorageCheck",
     "StorageFactory",
     "TransitionSpec",
     "WorkflowSpec",
     "build_workflow",
     "check_storage",
+    "find_postgres_bindir",
     "outcome_scripts",
     "run_script",
     "workflow_specs",
