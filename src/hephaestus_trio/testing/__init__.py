@@ -13,6 +13,18 @@
   nor pytest).
 """
 
+from ._audited_storage import AuditedStorage as AuditedStorage
+from ._audited_storage import CrashPoint as CrashPoint
+from ._audited_storage import InjectedFault as InjectedFault
+from ._crash_check import Advance as Advance
+from ._crash_check import Crash as Crash
+from ._crash_check import CrashCheckError as CrashCheckError
+from ._crash_check import CrashSafetyViolation as CrashSafetyViolation
+from ._crash_check import CrashWhere as CrashWhere
+from ._crash_check import Resume as Resume
+from ._crash_check import ScriptAction as ScriptAction
+from ._crash_check import check_crash_safety as check_crash_safety
+from ._crash_check import instrument_steps as instrument_steps
 from ._driver import EPOCH as EPOCH
 from ._driver import Outcome as Outcome
 from ._driver import OutcomeScript as OutcomeScript
@@ -34,15 +46,27 @@ __all__ = [
     "DONE",
     "EPOCH",
     "STORAGE_CHECKS",
+    "Advance",
+    "AuditedStorage",
+    "Crash",
+    "CrashCheckError",
+    "CrashPoint",
+    "CrashSafetyViolation",
+    "CrashWhere",
+    "InjectedFault",
     "NodeSpec",
     "Outcome",
     "OutcomeScript",
+    "Resume",
+    "ScriptAction",
     "StorageCheck",
     "StorageFactory",
     "TransitionSpec",
     "WorkflowSpec",
     "build_workflow",
+    "check_crash_safety",
     "check_storage",
+    "instrument_steps",
     "outcome_scripts",
     "run_script",
     "workflow_specs",
