@@ -237,7 +237,8 @@ class _Player:
 
     def crash(self) -> None:
         """Kill the engine as a process death would: its leases are not handed back."""
-        assert self._scope is not None and self._engine is not None
+        assert self._scope is not None
+        assert self._engine is not None
         self.storage.dead.add(self._engine.engine_id)
         self._scope.cancel()
 
