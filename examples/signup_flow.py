@@ -162,13 +162,13 @@ class SignupFlow(Workflow, unique=Unique(key="signup")):
 
 
 async def run_signup(path: str, email: str = "ada@example.com") -> Instance:
-    """Start one signup, confirm its email once it is parked, and return the finished run."""
+    """Start one signup, confirm its email, and return the finished run."""
     async with open_engine(storage=SQLiteStorage(path), workflows=[SignupFlow]) as engine:
         # A fresh id each time, so running the script again on the same file works.
         iid = f"signup::{secrets.token_hex(4)}"
         await engine.start_instance(SignupFlow, {"email": email}, id=iid)
-        while "wait_for_event" not in (await engine.get(iid)).waiting_steps:
-            await trio.sleep(0.05)
+        # The user clicks the link. A resume may come before its step parks:
+        # it is kept and applied once ``wait_for_event`` parks.
         await engine.resume(iid, "email_confirmed")
         return await engine.wait(iid)
 
