@@ -20,12 +20,12 @@ that much real time. With any other clock nothing changes.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
 import trio
-import trio.testing
 
 __all__ = ["run_sync_step"]
 
@@ -36,12 +36,19 @@ HOLD_CUSHION = 0.01
 
 
 def _autojumping() -> bool:
+    # trio.testing is looked up, not imported: it imports pytest when that is
+    # installed, and a MockClock can only exist once trio.testing was imported.
+    testing = sys.modules.get("trio.testing")
+    if testing is None:
+        return False
     clock = trio.lowlevel.current_clock()
-    return isinstance(clock, trio.testing.MockClock) and clock.autojump_threshold != math.inf
+    return isinstance(clock, testing.MockClock) and clock.autojump_threshold != math.inf
 
 
 async def _hold_clock(real_limit: float | None) -> None:
     """Keep the mock clock from autojumping for at most ``real_limit`` real seconds."""
+    import trio.testing  # already imported: the clock is a MockClock
+
     deadline = math.inf if real_limit is None else time.monotonic() + real_limit
     while time.monotonic() < deadline:
         await trio.testing.wait_all_tasks_blocked(HOLD_CUSHION)

@@ -29,6 +29,12 @@ from ._driver import EPOCH as EPOCH
 from ._driver import Outcome as Outcome
 from ._driver import OutcomeScript as OutcomeScript
 from ._driver import run_script as run_script
+from ._harness import ClockHeldStorage as ClockHeldStorage
+from ._harness import EngineHarness as EngineHarness
+from ._harness import UnknownEngine as UnknownEngine
+from ._harness import hold_clock_while_busy as hold_clock_while_busy
+from ._harness import open_harness as open_harness
+from ._harness import reopen as reopen
 from ._storage_checks import STORAGE_CHECKS as STORAGE_CHECKS
 from ._storage_checks import StorageCheck as StorageCheck
 from ._storage_checks import StorageFactory as StorageFactory
@@ -48,11 +54,13 @@ __all__ = [
     "STORAGE_CHECKS",
     "Advance",
     "AuditedStorage",
+    "ClockHeldStorage",
     "Crash",
     "CrashCheckError",
     "CrashPoint",
     "CrashSafetyViolation",
     "CrashWhere",
+    "EngineHarness",
     "InjectedFault",
     "NodeSpec",
     "Outcome",
@@ -62,12 +70,16 @@ __all__ = [
     "StorageCheck",
     "StorageFactory",
     "TransitionSpec",
+    "UnknownEngine",
     "WorkflowSpec",
     "build_workflow",
     "check_crash_safety",
     "check_storage",
+    "hold_clock_while_busy",
     "instrument_steps",
+    "open_harness",
     "outcome_scripts",
+    "reopen",
     "run_script",
     "workflow_specs",
     "workflows",

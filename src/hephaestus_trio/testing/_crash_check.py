@@ -17,7 +17,7 @@ failure message is the sequence of events of that plan.
 Every play of a plan is deterministic: Trio's scheduler is seeded by
 Hypothesis, the engine's randomness is seeded, time is virtual, and calls to
 a durable backend are made one at a time while the clock is held (see
-``_hold_while_busy``).
+``hold_clock_while_busy``).
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ from ..core._unique import build_id
 from ..core._workflow import Workflow
 from ..runtime._clock import trio_wall_clock
 from ..runtime._open_engine import Engine, open_engine
-from ..runtime._thread_clock import HOLD_CUSHION
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage, Wakeup, WakeupKind
 from ._audited_storage import AuditedStorage, CrashPoint
 from ._driver import EPOCH
+from ._harness import hold_clock_while_busy
 
 __all__ = [
     "Advance",
@@ -264,7 +264,7 @@ class _Player:
         self._arm_next()
         async with trio.open_nursery() as nursery:
             if self.storage.durable:
-                nursery.start_soon(_hold_while_busy, self.storage)
+                nursery.start_soon(hold_clock_while_busy, self.storage.in_flight)
             done = False
             while not done:
                 done = await self._incarnation()
@@ -372,30 +372,6 @@ class _Player:
             executions=self.executions,
             overdue=self.overdue,
         )
-
-
-async def _hold_while_busy(storage: AuditedStorage) -> None:
-    """Keep the autojumping clock still while a durable backend works in a thread.
-
-    A call to a durable backend waits for a worker thread; to Trio that looks
-    idle, and the clock would jump (timers firing while a write is on the
-    disk, differently on every replay). While a call is in flight this task
-    waits in ``wait_all_tasks_blocked``, which Trio serves before any autojump.
-    """
-    while True:
-        await storage.in_flight.wait_value(lambda v: v > 0)
-        async with trio.open_nursery() as nursery:
-
-            async def until_idle() -> None:
-                await storage.in_flight.wait_value(lambda v: v == 0)
-                nursery.cancel_scope.cancel()
-
-            async def hold() -> None:
-                while True:
-                    await trio.testing.wait_all_tasks_blocked(HOLD_CUSHION)
-
-            nursery.start_soon(until_idle)
-            nursery.start_soon(hold)
 
 
 def _play(
