@@ -35,6 +35,7 @@ from ._harness import UnknownEngine as UnknownEngine
 from ._harness import hold_clock_while_busy as hold_clock_while_busy
 from ._harness import open_harness as open_harness
 from ._harness import reopen as reopen
+from ._machine import WorkflowStateMachine as WorkflowStateMachine
 from ._storage_checks import STORAGE_CHECKS as STORAGE_CHECKS
 from ._storage_checks import StorageCheck as StorageCheck
 from ._storage_checks import StorageFactory as StorageFactory
@@ -72,6 +73,7 @@ __all__ = [
     "TransitionSpec",
     "UnknownEngine",
     "WorkflowSpec",
+    "WorkflowStateMachine",
     "build_workflow",
     "check_crash_safety",
     "check_storage",

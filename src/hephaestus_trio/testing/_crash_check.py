@@ -30,7 +30,7 @@ import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import hypothesis
@@ -176,8 +176,16 @@ class _Played:
     overdue: tuple[Wakeup, ...]
 
 
-_ACTIVE: list[_Player] = []
-"""The play in progress (instrumented steps report to it); empty between plays."""
+class StepObserver(Protocol):
+    """What instrumented steps report to: a play of the check, or a state machine."""
+
+    def step_started(self, run_id: str, key: str) -> None: ...
+
+    def crash_in_step_due(self, key: str) -> bool: ...
+
+
+_ACTIVE: list[StepObserver] = []
+"""The play (or session) in progress: instrumented steps report to it; empty between."""
 
 
 class _Player:
