@@ -18,10 +18,12 @@ plugin), so a run is reproducible as long as every outside event (a call
 from the test thread, a worker thread finishing a disk write) lands on an
 idle loop; the actor and ``AuditedStorage`` make sure it does.
 
-``AuditedStorage`` sits between the engine and the real backend. It counts
-calls in flight (settling needs them: a task blocked on a worker thread looks
-idle to ``wait_all_tasks_blocked``), injects the two kinds of crash, and audits
-every write and every step execution against what was persisted before.
+``AuditedStorage`` (public, from ``hephaestus_trio.testing``, where the
+user-facing crash checks use it too) sits between the engine and the real
+backend. It counts calls in flight (settling needs them: a task blocked on a
+worker thread looks idle to ``wait_all_tasks_blocked``), injects the two
+kinds of crash, and audits every write and every step execution against
+what was persisted before.
 """
 
 from __future__ import annotations
