@@ -105,7 +105,7 @@ def run_snippet(
         **(env or {}),
     }
     return subprocess.run(
-        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        [sys.executable, "-W", "error", str(script)],
         cwd=workdir,
         env=environment,
         capture_output=True,

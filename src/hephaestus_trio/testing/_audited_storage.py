@@ -161,6 +161,10 @@ class AuditedStorage:
         if self.log is not None:
             self.log(line)
 
+    def _id_of(self, run_id: str) -> str:
+        known = self.persisted.get(run_id)
+        return known.id if known is not None else run_id
+
     def describe_write(self, new: Instance) -> str:
         """What a fenced write of ``new`` changes, against what was persisted before."""
         old = self.persisted.get(new.run_id)
@@ -327,7 +331,7 @@ class AuditedStorage:
                 self._bump()
                 return woke
 
-            return await self._mutate(release, f"run {lease.run_id} handed back (parked)")
+            return await self._mutate(release, f"run {self._id_of(lease.run_id)} handed back")
 
     async def release_all(self, owner: str, *, now: datetime) -> int:
         async with self._busy():
