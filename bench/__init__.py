@@ -47,6 +47,7 @@ class Sizes:
     recovery: int = 10_000
     resume_memory: int = 300
     resume_sqlite: int = 100
+    crash_examples: int = 100
 
 
 QUICK = Sizes(
@@ -59,6 +60,7 @@ QUICK = Sizes(
     recovery=500,
     resume_memory=20,
     resume_sqlite=10,
+    crash_examples=10,
 )
 
 
@@ -214,10 +216,10 @@ def _progress(text: str, out: Any) -> None:
 
 
 def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e f) and return the rows."""
+    """Run the benchmarks (or the ``only`` ones: a b c d e f g) and return the rows."""
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e", "f"}
+    wanted = only or {"a", "b", "c", "d", "e", "f", "g"}
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -334,6 +336,26 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                 target="within 1 KiB",
                 met=week - untimed <= 1.0,
                 shortfall=f"{week - untimed:.2f} KiB more than a run with no timer",
+            )
+        )
+    if "g" in wanted:
+        from . import _crashcheck
+
+        examples = sizes.crash_examples
+        _progress(f"(g) check_crash_safety, {examples} examples of a 5-step workflow", out)
+        engine = _best(sizes.repeats, False, lambda: _crashcheck.crash_check(examples))
+        baseline = _best(sizes.repeats, False, lambda: _crashcheck.baseline_runs(examples))
+        rows.append(
+            Row(
+                key="g",
+                label=f"check_crash_safety, {examples} examples, 5 steps, memory",
+                engine=engine,
+                baseline=baseline,
+                unit="s",
+                higher_is_better=False,
+                target="< 1 s" if examples == 100 else "-",
+                met=engine < 1.0 if examples == 100 else None,
+                shortfall=f"{engine - 1.0:.2f} s over",
             )
         )
     return rows

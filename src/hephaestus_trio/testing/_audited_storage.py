@@ -18,9 +18,8 @@ that needs its own harness can use it directly.
 from __future__ import annotations
 
 import collections
-import contextlib
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -103,23 +102,8 @@ class AuditedStorage:
         """A new backend object on the same data, for the next process incarnation."""
         self.inner = self._make_inner()
 
-    @contextlib.asynccontextmanager
-    async def _busy(self) -> AsyncIterator[None]:
-        self.in_flight.value += 1
-        try:
-            if self._serial is None:
-                yield
-            else:
-                # A durable backend works in worker threads, and when a thread
-                # finishes relative to the engine's tasks is real time, not Trio's
-                # seeded scheduler. Calls made one at a time, each once every other
-                # task is blocked, make every run reproducible (Hypothesis needs
-                # that to generate and shrink).
-                async with self._serial:
-                    await trio.testing.wait_all_tasks_blocked()
-                    yield
-        finally:
-            self.in_flight.value -= 1
+    def _busy(self) -> _Busy:
+        return _Busy(self)
 
     def _bump(self) -> None:
         self._changes += 1
@@ -405,3 +389,41 @@ def _describe_wakeup(wakeup: NewWakeup) -> str:
     if wakeup.kind is WakeupKind.CANCEL:
         return "cancel request"
     return f"resume {wakeup.event!r} for step {wakeup.step!r}"
+
+
+class _Busy:
+    """``async with storage._busy():`` around every call (a class: it runs on every call,
+    and a generator-based context manager costs several times more)."""
+
+    __slots__ = ("_storage",)
+
+    def __init__(self, storage: AuditedStorage) -> None:
+        self._storage = storage
+
+    async def __aenter__(self) -> None:
+        storage = self._storage
+        storage.in_flight.value += 1
+        if storage._serial is None:
+            return
+        # A durable backend works in worker threads, and when a thread finishes
+        # relative to the engine's tasks is real time, not Trio's seeded
+        # scheduler. Calls made one at a time, each once every other task is
+        # blocked, make every run reproducible (Hypothesis needs that to
+        # generate and shrink).
+        try:
+            await storage._serial.acquire()
+        except BaseException:
+            storage.in_flight.value -= 1
+            raise
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+        except BaseException:
+            storage._serial.release()
+            storage.in_flight.value -= 1
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        storage = self._storage
+        if storage._serial is not None:
+            storage._serial.release()
+        storage.in_flight.value -= 1

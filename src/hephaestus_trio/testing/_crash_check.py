@@ -349,12 +349,10 @@ class _Player:
                 if run is not None:
                     if run.is_terminal:
                         return
-                    pending = await self.storage.wakeups(run.run_id)
-                    waiting_on = [
-                        w for w in pending if timers_too or w.kind is not WakeupKind.TIMER
-                    ]
-                    if run.active_steps and not run.running_steps and not waiting_on:
-                        return
+                    if run.active_steps and not run.running_steps:
+                        pending = await self.storage.wakeups(run.run_id)
+                        if not any(timers_too or w.kind is not WakeupKind.TIMER for w in pending):
+                            return
                 await self.storage.revision.wait_value(lambda v, seen=seen: v != seen)
         self.violations.append(
             f"the run was still not at rest after {HORIZON / 86400:g} days of virtual time"
