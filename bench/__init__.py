@@ -60,7 +60,7 @@ QUICK = Sizes(
     recovery=500,
     resume_memory=20,
     resume_sqlite=10,
-    crash_examples=10,
+    crash_examples=5,
 )
 
 
