@@ -28,12 +28,21 @@ import trio.testing
 from trio_util import AsyncValue
 
 from .._errors import LeaseLost
-from ..core._instance import Instance, TimerRecord
+from ..core._instance import ExecutionEntry, Instance, TimerRecord
 from ..storage._protocol import Lease, NewWakeup, Storage, Wakeup, WakeupKind
 
-__all__ = ["AuditedStorage", "CrashPoint", "InjectedFault"]
+__all__ = ["AuditedStorage", "CrashPoint", "InjectedFault", "completions"]
 
 _T = TypeVar("_T")
+
+
+def completions(run: Instance) -> tuple[ExecutionEntry, ...]:
+    """The completed steps of ``run.execution_history``, in order.
+
+    The history may also record failed attempts (entries whose ``error`` is
+    set); a step completes at most once, but may fail several times first.
+    """
+    return tuple(e for e in run.execution_history if getattr(e, "error", None) is None)
 
 
 class InjectedFault(Exception):
@@ -154,7 +163,9 @@ class AuditedStorage:
         old = self.persisted.get(new.run_id)
         done_before = len(old.execution_history) if old is not None else 0
         parts = [
-            f"step {e.step!r} completed with {e.event!r}"
+            f"step {e.step!r} attempt {e.attempt} failed"
+            if getattr(e, "error", None) is not None
+            else f"step {e.step!r} completed with {e.event!r}"
             for e in new.execution_history[done_before:]
         ]
         if old is None or old.running_steps != new.running_steps:
@@ -172,7 +183,7 @@ class AuditedStorage:
     def _audit_write(self, lease: Lease, new: Instance) -> None:
         """Before a fenced write: the state only moves forward."""
         where = f"run {new.id} ({new.run_id})"
-        steps = [e.step for e in new.execution_history]
+        steps = [e.step for e in completions(new)]
         if len(set(steps)) != len(steps):
             self.violations.append(f"{where}: a step completed twice in history {steps}")
         old = self.persisted.get(new.run_id)

@@ -47,7 +47,7 @@ from ..runtime._clock import trio_wall_clock
 from ..runtime._open_engine import Engine, open_engine
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import Storage, Wakeup, WakeupKind
-from ._audited_storage import AuditedStorage, CrashPoint
+from ._audited_storage import AuditedStorage, CrashPoint, completions
 from ._driver import EPOCH
 from ._harness import hold_clock_while_busy
 
@@ -465,7 +465,7 @@ def _wrap(cls: type[Step], key: str) -> Any:
 
 
 def _history(run: Instance) -> collections.Counter[tuple[str, str]]:
-    return collections.Counter((e.step, e.event) for e in run.execution_history)
+    return collections.Counter((e.step, e.event) for e in completions(run))
 
 
 def _pending(played: _Played) -> collections.Counter[tuple[str, str | None, str | None]]:
