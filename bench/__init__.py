@@ -348,7 +348,7 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
         rows.append(
             Row(
                 key="g",
-                label=f"check_crash_safety, {examples} examples, 5 steps, memory",
+                label=f"check_crash_safety, {examples} examples, 5 steps, memory (CPU)",
                 engine=engine,
                 baseline=baseline,
                 unit="s",
