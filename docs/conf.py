@@ -62,9 +62,10 @@ napoleon_numpy_docstring = False
 # autodoc documents the classes and functions a package re-exports, but not the
 # constants and type aliases (they carry no ``__module__`` to trace them back).
 # ``public-data`` lists every other name of a module's ``__all__``, with the
-# docstring written under its assignment where it is defined; the directive's
-# content gives ``NAME: text`` for a name whose definition has none. A public
-# constant with no text at all is a warning, so the build (``-W``) fails.
+# docstring written under its assignment where it is defined; ``NAME: text``
+# lines in the directive's content replace it (or stand in where there is
+# none). A public constant with no text at all is a warning, so the build
+# (``-W``) fails.
 
 _logger = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class PublicData(SphinxDirective):
             value = getattr(module, name)
             if inspect.ismodule(value) or inspect.isclass(value) or inspect.isroutine(value):
                 continue
-            doc = _defined_doc(module.__name__, name, value) or given.get(name)
+            doc = given.get(name) or _defined_doc(module.__name__, name, value)
             if not doc:
                 _logger.warning(
                     "public name %s.%s has no docstring: write one under its assignment",
