@@ -1,4 +1,4 @@
-"""Row (g): the test kit's crash check on a 5-step workflow, against plain runs of it.
+"""Row (j): the test kit's crash check on a 5-step workflow, against plain runs of it.
 
 The engine side is ``check_crash_safety`` with 100 examples (each a run with up
 to three crashes and the reopens they need, plus the two crash-free runs the
