@@ -50,6 +50,7 @@ class Sizes:
     observed: int = 500
     observed_repeats: int = 9
     observed_kinds: tuple[str, ...] = ("memory", "sqlite")
+    crash_examples: int = 100
 
 
 QUICK = Sizes(
@@ -65,6 +66,7 @@ QUICK = Sizes(
     observed=50,
     observed_repeats=1,
     observed_kinds=("memory",),
+    crash_examples=5,
 )
 
 
@@ -220,10 +222,10 @@ def _progress(text: str, out: Any) -> None:
 
 
 def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e f g h i) and return the rows."""
+    """Run the benchmarks (or the ``only`` ones: a b c d e f g h i j) and return the rows."""
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e", "f", "g", "h", "i"}
+    wanted = only or {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -340,6 +342,26 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                 target="within 1 KiB",
                 met=week - untimed <= 1.0,
                 shortfall=f"{week - untimed:.2f} KiB more than a run with no timer",
+            )
+        )
+    if "j" in wanted:
+        from . import _crashcheck
+
+        examples = sizes.crash_examples
+        _progress(f"(j) check_crash_safety, {examples} examples of a 5-step workflow", out)
+        engine = _best(sizes.repeats, False, lambda: _crashcheck.crash_check(examples))
+        baseline = _best(sizes.repeats, False, lambda: _crashcheck.baseline_runs(examples))
+        rows.append(
+            Row(
+                key="j",
+                label=f"check_crash_safety, {examples} examples, 5 steps, memory (CPU)",
+                engine=engine,
+                baseline=baseline,
+                unit="s",
+                higher_is_better=False,
+                target="< 1 s" if examples == 100 else "-",
+                met=engine < 1.0 if examples == 100 else None,
+                shortfall=f"{engine - 1.0:.2f} s over",
             )
         )
     rows.extend(_observability_rows(sizes, tmp, wanted, out))

@@ -18,20 +18,20 @@ plugin), so a run is reproducible as long as every outside event (a call
 from the test thread, a worker thread finishing a disk write) lands on an
 idle loop; the actor and ``AuditedStorage`` make sure it does.
 
-``AuditedStorage`` sits between the engine and the real backend. It counts
-calls in flight (settling needs them: a task blocked on a worker thread looks
-idle to ``wait_all_tasks_blocked``), injects the two kinds of crash, and audits
-every write and every step execution against what was persisted before.
+``AuditedStorage`` (public, from ``hephaestus_trio.testing``, where the
+user-facing crash checks use it too) sits between the engine and the real
+backend. It counts calls in flight (settling needs them: a task blocked on a
+worker thread looks idle to ``wait_all_tasks_blocked``), injects the two
+kinds of crash, and audits every write and every step execution against
+what was persisted before.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import enum
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -44,22 +44,22 @@ from trio_util import AsyncValue
 from hephaestus_trio import (
     Event,
     Instance,
-    LeaseLost,
     RestartPolicy,
     Status,
-    Storage,
     Wait,
     WaitForEvent,
     Workflow,
     open_engine,
     trio_wall_clock,
 )
-from hephaestus_trio.core._instance import TimerRecord
 from hephaestus_trio.engine import activate_transitions, advance, check_completion, complete_step
 from hephaestus_trio.runtime import _driver
-from hephaestus_trio.storage import Lease, NewWakeup, Wakeup
+from hephaestus_trio.storage import Wakeup
 from hephaestus_trio.testing import (
     EPOCH,
+    AuditedStorage,
+    CrashPoint,
+    InjectedFault,
     Outcome,
     OutcomeScript,
     WorkflowSpec,
@@ -85,321 +85,6 @@ __all__ = [
     "scripted_resume",
     "timer_events",
 ]
-
-
-class InjectedFault(Exception):
-    """A write the test told the storage to refuse: to the runtime, a transient storage fault."""
-
-
-class CrashPoint(enum.Enum):
-    """Where an armed engine crash strikes, relative to the write that triggers it."""
-
-    BEFORE = "before"
-    """The write never happens."""
-    AFTER = "after"
-    """The write is persisted, the process dies before anyone learns it."""
-
-
-class AuditedStorage:
-    """Wraps the real backend; counts, injects and audits (see the module docstring).
-
-    ``inner`` is replaced by the host before each process incarnation (a
-    ``MemoryStorage`` is reused as is, a durable backend gets a new object on
-    the same file, as a new process would). Every engine of one process
-    shares this one object, as two engines of one process share a storage.
-
-    Change notification (``wait_for_change``) is answered here, from the calls
-    made through this object (every engine of the process makes them here):
-    SQLite's own answer also polls for other processes on the real clock, an
-    outside event the seeded scheduler could not replay.
-    """
-
-    def __init__(self, make_inner: Callable[[], Storage]) -> None:
-        self._make_inner = make_inner
-        self.inner: Storage = make_inner()
-        self.durable = self.inner.durable
-        self.in_flight: AsyncValue[int] = AsyncValue(0)
-        self._serial = trio.Lock() if self.durable else None
-        self._changes = 0
-        self._changed = trio.Event()
-        # Faults and crashes the rules arm.
-        self.failing_writes: collections.Counter[str] = collections.Counter()
-        self.crash_after: int | None = None
-        self.crash_point = CrashPoint.BEFORE
-        self.on_crash: Callable[[], None] = lambda: None
-        self.dead: set[str] = set()
-        """Engines killed without a clean shutdown: their ``release_all`` never happens."""
-        # What the audit saw.
-        self.persisted: dict[str, Instance] = {}
-        self.faults_hit: collections.Counter[str] = collections.Counter()
-        self.executions: list[tuple[str, str]] = []
-        self.writes: list[tuple[str, str, int]] = []
-        """``(run_id, owner, epoch)`` of every write the backend accepted, in order."""
-        self.top_epoch: dict[str, int] = {}
-        self.epoch_owner: dict[tuple[str, int], str] = {}
-        self.refused: list[tuple[str, str, int]] = []
-        """``(run_id, owner, epoch)`` of every write refused with ``LeaseLost``."""
-        self.violations: list[str] = []
-
-    def reincarnate(self) -> None:
-        """A new backend object on the same data, for the next process incarnation."""
-        self.inner = self._make_inner()
-
-    @contextlib.asynccontextmanager
-    async def _busy(self) -> AsyncIterator[None]:
-        self.in_flight.value += 1
-        try:
-            if self._serial is None:
-                yield
-            else:
-                # A durable backend works in worker threads, and when a thread
-                # finishes relative to the engine's tasks is real time, not Trio's
-                # seeded scheduler. Calls made one at a time, each once every other
-                # task is blocked, make every run reproducible (Hypothesis needs
-                # that to generate and shrink).
-                async with self._serial:
-                    await trio.testing.wait_all_tasks_blocked()
-                    yield
-        finally:
-            self.in_flight.value -= 1
-
-    def _bump(self) -> None:
-        self._changes += 1
-        self._changed.set()
-        self._changed = trio.Event()
-
-    # -- crash injection --------------------------------------------------------------
-
-    def _crash_due(self) -> CrashPoint | None:
-        if self.crash_after is None:
-            return None
-        self.crash_after -= 1
-        if self.crash_after > 0:
-            return None
-        self.crash_after = None
-        return self.crash_point
-
-    async def _die(self) -> None:
-        self.on_crash()
-        await trio.lowlevel.checkpoint()  # raises Cancelled: every caller is in the engine
-        raise RuntimeError("crash point reached outside the engine's cancel scope")
-
-    async def _mutate(self, fn: Callable[[], Awaitable[_T]]) -> _T:
-        """A write of any kind: the armed crash strikes just before or just after it."""
-        due = self._crash_due()
-        if due is CrashPoint.BEFORE:
-            await self._die()
-        result = await fn()
-        if due is CrashPoint.AFTER:
-            await self._die()
-        return result
-
-    # -- audit ------------------------------------------------------------------------
-
-    def _audit_write(self, lease: Lease, new: Instance) -> None:
-        """Before a fenced write: the state only moves forward."""
-        where = f"run {new.id} ({new.run_id})"
-        steps = [e.step for e in new.completions]
-        if len(set(steps)) != len(steps):
-            self.violations.append(f"{where}: a step completed twice in history {steps}")
-        old = self.persisted.get(new.run_id)
-        if old is None:
-            return
-        if old.is_terminal:
-            self.violations.append(f"{where}: {old.status.value} run overwritten with {new!r}")
-        if new.execution_history[: len(old.execution_history)] != old.execution_history:
-            self.violations.append(f"{where}: persisted history rewritten: {old!r} -> {new!r}")
-        if not old.completed_steps <= new.completed_steps:
-            self.violations.append(f"{where}: completed steps shrank: {old!r} -> {new!r}")
-
-    def _accepted(self, run_id: str, owner: str, epoch: int) -> None:
-        """After a write the backend accepted: one owner per epoch, epochs never go back."""
-        top = self.top_epoch.get(run_id, 0)
-        if epoch < top:
-            self.violations.append(
-                f"run {run_id}: write by {owner} at epoch {epoch} accepted after epoch {top} wrote"
-            )
-        known = self.epoch_owner.setdefault((run_id, epoch), owner)
-        if known != owner:
-            self.violations.append(
-                f"run {run_id}: epoch {epoch} written by two owners, {known} and {owner}"
-            )
-        self.top_epoch[run_id] = max(top, epoch)
-        self.writes.append((run_id, owner, epoch))
-
-    def audit_execution(self, run_id: str, step: str) -> None:
-        """Called by every generated step's ``execute`` as it starts."""
-        self.executions.append((run_id, step))
-        persisted = self.persisted.get(run_id)
-        if persisted is None:
-            return
-        if step in persisted.completed_steps:
-            self.violations.append(
-                f"step {step!r} of run {run_id} executed after its completion was persisted"
-            )
-        if persisted.is_terminal:
-            self.violations.append(
-                f"step {step!r} of run {run_id} executed after the run was persisted "
-                f"{persisted.status.value}"
-            )
-
-    # -- the Storage protocol -----------------------------------------------------------
-
-    async def __aenter__(self) -> AuditedStorage:
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-    async def open(self) -> None:
-        async with self._busy():
-            await self.inner.open()
-
-    async def close(self) -> None:
-        async with self._busy():
-            await self.inner.close()
-
-    async def get(self, run_id: str) -> Instance | None:
-        async with self._busy():
-            return await self.inner.get(run_id)
-
-    async def query(self, **filters: Any) -> list[Instance]:
-        async with self._busy():
-            return await self.inner.query(**filters)
-
-    async def create(
-        self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
-    ) -> Lease | None:
-        async with self._busy():
-
-            async def create() -> Lease | None:
-                lease = await self.inner.create(instance, now=now, owner=owner, ttl=ttl)
-                self.persisted[instance.run_id] = instance
-                if lease is not None:
-                    self._accepted(lease.run_id, lease.owner, lease.epoch)
-                else:
-                    self._bump()
-                return lease
-
-            return await self._mutate(create)
-
-    async def write(
-        self,
-        lease: Lease,
-        instance: Instance,
-        *,
-        now: datetime,
-        consume: Sequence[int] = (),
-        add_timers: Sequence[TimerRecord] = (),
-    ) -> list[Wakeup]:
-        async with self._busy():
-
-            async def write() -> list[Wakeup]:
-                if self.failing_writes[lease.run_id] > 0:
-                    self.failing_writes[lease.run_id] -= 1
-                    self.faults_hit[lease.run_id] += 1
-                    raise InjectedFault(f"injected fault writing {instance.id} ({lease.run_id})")
-                self._audit_write(lease, instance)
-                try:
-                    added = await self.inner.write(
-                        lease, instance, now=now, consume=consume, add_timers=add_timers
-                    )
-                except LeaseLost:
-                    self.refused.append((lease.run_id, lease.owner, lease.epoch))
-                    raise
-                self.persisted[instance.run_id] = instance
-                self._accepted(lease.run_id, lease.owner, lease.epoch)
-                return added
-
-            return await self._mutate(write)
-
-    async def delete(self, run_id: str) -> None:
-        async with self._busy():
-            await self._mutate(lambda: self.inner.delete(run_id))
-
-    async def purge(self, older_than: datetime) -> int:
-        async with self._busy():
-            return await self._mutate(lambda: self.inner.purge(older_than))
-
-    async def claim(self, owner: str, **kwargs: Any) -> list[Lease]:
-        async with self._busy():
-            return await self.inner.claim(owner, **kwargs)
-
-    async def renew(self, owner: str, leases: Collection[Lease], **kwargs: Any) -> list[Lease]:
-        async with self._busy():
-            return await self.inner.renew(owner, leases, **kwargs)
-
-    async def release(
-        self, lease: Lease, *, now: datetime, wake_at: datetime | None, seen: int
-    ) -> bool:
-        async with self._busy():
-
-            async def release() -> bool:
-                woke = await self.inner.release(lease, now=now, wake_at=wake_at, seen=seen)
-                self._bump()
-                return woke
-
-            return await self._mutate(release)
-
-    async def release_all(self, owner: str, *, now: datetime) -> int:
-        async with self._busy():
-            if owner in self.dead:
-                return 0  # killed: nobody hands its leases back, they expire
-            count = await self.inner.release_all(owner, now=now)
-            self._bump()
-            return count
-
-    async def next_wake(self, owner: str, **kwargs: Any) -> datetime | None:
-        async with self._busy():
-            return await self.inner.next_wake(owner, **kwargs)
-
-    async def register_engine(self, engine_id: str, **kwargs: Any) -> None:
-        async with self._busy():
-            await self.inner.register_engine(engine_id, **kwargs)
-
-    async def unregister_engine(self, engine_id: str) -> None:
-        async with self._busy():
-            await self.inner.unregister_engine(engine_id)
-
-    async def reap_engines(self, *, now: datetime) -> list[str]:
-        async with self._busy():
-            return await self.inner.reap_engines(now=now)
-
-    async def add_wakeup(
-        self, wakeup: NewWakeup, *, now: datetime, max_pending: int | None = None
-    ) -> Wakeup | None:
-        async with self._busy():
-
-            async def add() -> Wakeup | None:
-                added = await self.inner.add_wakeup(wakeup, now=now, max_pending=max_pending)
-                if added is not None:
-                    self._bump()
-                return added
-
-            return await self._mutate(add)
-
-    async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
-        async with self._busy():
-            return await self.inner.seen_dedup_key(run_id, dedup_key)
-
-    async def wakeups(self, run_id: str) -> list[Wakeup]:
-        async with self._busy():
-            return await self.inner.wakeups(run_id)
-
-    async def cancel_timer(self, run_id: str, seq: int) -> bool:
-        async with self._busy():
-            return await self._mutate(lambda: self.inner.cancel_timer(run_id, seq))
-
-    async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
-        async with self._busy():
-            return await self.inner.owned_wakeups(owner, after=after)
-
-    async def wait_for_change(self, seen: int) -> int:
-        await trio.lowlevel.checkpoint()
-        while self._changes == seen:
-            await self._changed.wait()
-        return self._changes
 
 
 @attrs.frozen

@@ -23,7 +23,7 @@ def test_quick_bench_prints_every_row(
     assert "cpus (nproc):" in out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     keys = [line.split("|")[1].strip() for line in table[1:]]
-    assert keys == ["a", "a", "b", "b", "c", "c", "d", "e", "e", "f", "g", "h", "i"]
+    assert keys == ["a", "a", "b", "b", "c", "c", "d", "e", "e", "f", "j", "g", "h", "i"]
     assert "open_engine recovering 500 parked, sqlite" in out
 
 

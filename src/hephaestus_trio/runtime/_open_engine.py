@@ -294,7 +294,7 @@ class Engine:
         Raises:
             AlreadyRunning: a live run holds this id in the workflow's scope.
             InvalidValue: unknown ``version`` (the message lists the known ones), empty
-                id (both are ``ValueError``s too).
+                id (both are ``ValueError`` too).
             TypeError: ``context`` is not a mapping, or is not JSON-safe (the message
                 names the argument and the type given, or the key path).
         """

@@ -20,6 +20,7 @@ import trio
 from ..core._instance import Instance, format_traceback
 from ..core._step import Complete, Fail, Step, StepResult, Suspend
 from ._messages import AttemptFailed, Message, StepCrashed, StepFinished
+from ._thread_clock import run_sync_step
 
 __all__ = ["run_step"]
 
@@ -42,10 +43,10 @@ async def _attempt(step_cls: type[Step], instance: Instance, config: Any) -> Ste
     if step_cls.is_async():
         result = await step.execute(instance, config, instance.context)  # type: ignore[misc]
     else:
-        # Blocking code must not stall the loop; abandoning on cancel lets a
-        # timeout or a cancel take effect even while the thread keeps running.
+        # In a worker thread, abandoned on cancel; under an autojumping mock
+        # clock the clock is held meanwhile (see _thread_clock).
         call = functools.partial(step.execute, instance, config, instance.context)
-        result = await trio.to_thread.run_sync(call, abandon_on_cancel=True)
+        result = await run_sync_step(call, real_limit=step_cls.timeout)
     return _normalize(step_cls, result)
 
 

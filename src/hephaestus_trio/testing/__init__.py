@@ -15,10 +15,29 @@
   nor pytest).
 """
 
+from ._audited_storage import AuditedStorage as AuditedStorage
+from ._audited_storage import CrashPoint as CrashPoint
+from ._audited_storage import InjectedFault as InjectedFault
+from ._crash_check import Advance as Advance
+from ._crash_check import Crash as Crash
+from ._crash_check import CrashCheckError as CrashCheckError
+from ._crash_check import CrashSafetyViolation as CrashSafetyViolation
+from ._crash_check import CrashWhere as CrashWhere
+from ._crash_check import Resume as Resume
+from ._crash_check import ScriptAction as ScriptAction
+from ._crash_check import check_crash_safety as check_crash_safety
+from ._crash_check import instrument_steps as instrument_steps
 from ._driver import EPOCH as EPOCH
 from ._driver import Outcome as Outcome
 from ._driver import OutcomeScript as OutcomeScript
 from ._driver import run_script as run_script
+from ._harness import ClockHeldStorage as ClockHeldStorage
+from ._harness import EngineHarness as EngineHarness
+from ._harness import UnknownEngine as UnknownEngine
+from ._harness import hold_clock_while_busy as hold_clock_while_busy
+from ._harness import open_harness as open_harness
+from ._harness import reopen as reopen
+from ._machine import WorkflowStateMachine as WorkflowStateMachine
 from ._postgres_cluster import PostgresCluster as PostgresCluster
 from ._postgres_cluster import find_postgres_bindir as find_postgres_bindir
 from ._storage_checks import STORAGE_CHECKS as STORAGE_CHECKS
@@ -38,18 +57,37 @@ __all__ = [
     "DONE",
     "EPOCH",
     "STORAGE_CHECKS",
+    "Advance",
+    "AuditedStorage",
+    "ClockHeldStorage",
+    "Crash",
+    "CrashCheckError",
+    "CrashPoint",
+    "CrashSafetyViolation",
+    "CrashWhere",
+    "EngineHarness",
+    "InjectedFault",
     "NodeSpec",
     "Outcome",
     "OutcomeScript",
     "PostgresCluster",
+    "Resume",
+    "ScriptAction",
     "StorageCheck",
     "StorageFactory",
     "TransitionSpec",
+    "UnknownEngine",
     "WorkflowSpec",
+    "WorkflowStateMachine",
     "build_workflow",
+    "check_crash_safety",
     "check_storage",
     "find_postgres_bindir",
+    "hold_clock_while_busy",
+    "instrument_steps",
+    "open_harness",
     "outcome_scripts",
+    "reopen",
     "run_script",
     "workflow_specs",
     "workflows",
