@@ -54,6 +54,7 @@ from .steps import Done as Done
 from .steps import Wait as Wait
 from .steps import WaitForEvent as WaitForEvent
 from .storage import MemoryStorage as MemoryStorage
+from .storage import PostgresStorage as PostgresStorage
 from .storage import SQLiteStorage as SQLiteStorage
 from .storage import Storage as Storage
 
@@ -83,6 +84,7 @@ __all__ = [
     "LoggingHandler",
     "MemoryStorage",
     "NotCancellable",
+    "PostgresStorage",
     "RestartPolicy",
     "RetryPolicy",
     "SQLiteStorage",

@@ -14,13 +14,13 @@ from ._support import BACKENDS, DURABLE_BACKENDS, Backend, make_instance
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    return BACKENDS[request.param](tmp_path)
+    return BACKENDS[request.param](tmp_path, request)
 
 
 @pytest.fixture(params=sorted(DURABLE_BACKENDS))
 def durable_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """Each durable backend, for tests that only make sense when data outlives the object."""
-    backend = BACKENDS[request.param](tmp_path)
+    backend = BACKENDS[request.param](tmp_path, request)
     assert backend.durable
     return backend
 

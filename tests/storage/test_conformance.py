@@ -30,15 +30,17 @@ async def test_storage_check(backend: Backend, check: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
-async def test_check_storage_runs_every_check(name: str, tmp_path: Path) -> None:
+async def test_check_storage_runs_every_check(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     counter = itertools.count()
 
     def new_location() -> StorageFactory:
         folder = tmp_path / f"location-{next(counter)}"
         folder.mkdir()
-        return BACKENDS[name](folder).new_storage
+        return BACKENDS[name](folder, request).new_storage
 
-    await check_storage(new_location, durable=BACKENDS[name](tmp_path).durable)
+    await check_storage(new_location, durable=BACKENDS[name](tmp_path, request).durable)
     assert next(counter) == len(STORAGE_CHECKS)  # one fresh location per check
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -83,7 +84,11 @@ def _schema_objects(conn: sqlite3.Connection) -> list[tuple[str, str, str, str]]
     rows = conn.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"
     ).fetchall()
-    return sorted((t, n, tbl, " ".join(sql.split())) for t, n, tbl, sql in rows)
+    # ALTER TABLE ... ADD COLUMN splices its text in as " , col TYPE)": compare
+    # the statements up to whitespace, including whitespace before , and ).
+    return sorted(
+        (t, n, tbl, re.sub(r"\s+([,)])", r"\1", " ".join(sql.split()))) for t, n, tbl, sql in rows
+    )
 
 
 def _resume(run_id: str, step: str = "wait", **changes: object) -> NewWakeup:
@@ -645,12 +650,14 @@ async def test_engine_registration_and_its_lock_file(db_path: Path, make: Make) 
         with pytest.raises(ValueError, match="engine id"):
             await two.register_engine("../escape", now=T0, info={})
         with closing(sqlite3.connect(db_path)) as conn:
-            row = conn.execute("SELECT * FROM hephaestus_engines").fetchone()
+            row = conn.execute(
+                "SELECT engine_id, host, pid, started_at, info FROM hephaestus_engines"
+            ).fetchone()
         assert row == ("e-1", "box", 42, timestamp(T0), '{"host":"box","pid":42,"v":[1]}')
         # A row whose lock file is missing is an engine that never got (or lost) its proof.
         with closing(sqlite3.connect(db_path)) as conn:
             conn.execute(
-                "INSERT INTO hephaestus_engines VALUES ('ghost', NULL, NULL, ?, '{}')",
+                "INSERT INTO hephaestus_engines VALUES ('ghost', NULL, NULL, ?, '{}', NULL)",
                 (timestamp(T0),),
             )
             conn.commit()

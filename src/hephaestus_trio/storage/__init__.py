@@ -1,6 +1,8 @@
 """Storage backends behind one domain-level protocol."""
 
 from ._memory import MemoryStorage as MemoryStorage
+from ._postgres import PostgresStorage as PostgresStorage
+from ._protocol import EngineRecord as EngineRecord
 from ._protocol import Lease as Lease
 from ._protocol import NewWakeup as NewWakeup
 from ._protocol import Storage as Storage
@@ -14,9 +16,11 @@ from ._sqlite import SQLiteStorage as SQLiteStorage
 from ._urls import storage_from_url as storage_from_url
 
 __all__ = [
+    "EngineRecord",
     "Lease",
     "MemoryStorage",
     "NewWakeup",
+    "PostgresStorage",
     "SQLiteStorage",
     "Storage",
     "UniqueViolation",

@@ -37,6 +37,7 @@ import trio
 from .._errors import LeaseLost, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ._protocol import (
+    EngineRecord,
     Lease,
     NewWakeup,
     UniqueViolation,
@@ -95,7 +96,8 @@ class MemoryStorage:
         self._by_id: dict[str, set[str]] = {}
         self._holders: dict[str, str] = {}  # live unique_key -> run_id
         self._seq = itertools.count(1)
-        self._engines: dict[str, tuple[datetime, Mapping[str, Any]]] = {}
+        # engine_id -> [started_at, info, last_heartbeat]
+        self._engines: dict[str, list[Any]] = {}
         self._changes = 0
         self._changed = trio.Event()
 
@@ -182,6 +184,7 @@ class MemoryStorage:
         dedup_key: str | None,
         due_at: datetime,
         now: datetime,
+        trace_context: Mapping[str, str] | None = None,
     ) -> Wakeup:
         wakeup = Wakeup(
             seq=next(self._seq),
@@ -193,6 +196,7 @@ class MemoryStorage:
             dedup_key=dedup_key,
             due_at=due_at,
             created_at=now,
+            trace_context=None if trace_context is None else dict(trace_context),
         )
         run.wakeups[wakeup.seq] = wakeup
         return wakeup
@@ -379,6 +383,8 @@ class MemoryStorage:
         await self._enter()
         now = _utc(now, "now")
         expires_at = now + timedelta(seconds=ttl)
+        if owner in self._engines:
+            self._engines[owner][2] = now
         renewed = []
         for lease in leases:
             run = self._runs.get(lease.run_id)
@@ -436,11 +442,34 @@ class MemoryStorage:
         self, engine_id: str, *, now: datetime, info: Mapping[str, Any]
     ) -> None:
         await self._enter()
-        self._engines[engine_id] = (_utc(now, "now"), dict(info))
+        now = _utc(now, "now")
+        self._engines[engine_id] = [now, dict(info), now]
 
     async def unregister_engine(self, engine_id: str) -> None:
         await self._enter()
         self._engines.pop(engine_id, None)
+
+    async def engines(self, *, now: datetime) -> list[EngineRecord]:
+        await self._enter()
+        _utc(now, "now")
+        owned: dict[str, int] = {}
+        for run in self._runs.values():
+            if run.owner is not None and run.doc.status.is_live:
+                owned[run.owner] = owned.get(run.owner, 0) + 1
+        records = []
+        for engine_id, (started_at, info, beat) in sorted(self._engines.items()):
+            host, pid = info.get("host"), info.get("pid")
+            records.append(
+                EngineRecord(
+                    engine_id=engine_id,
+                    host=host if isinstance(host, str) else None,
+                    pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                    started_at=started_at,
+                    last_heartbeat=beat,
+                    runs_owned=owned.get(engine_id, 0),
+                )
+            )
+        return records
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         # In one process there is no proof of another engine's death: leases expire.
@@ -486,6 +515,7 @@ class MemoryStorage:
             dedup_key=wakeup.dedup_key,
             due_at=due_at,
             now=now,
+            trace_context=wakeup.trace_context,
         )
         run.wake_at = due_at if run.wake_at is None else min(run.wake_at, due_at)
         self._bump()

@@ -43,6 +43,7 @@ from .._errors import HephaestusError
 from ..core._instance import Instance, Status, TimerRecord
 
 __all__ = [
+    "EngineRecord",
     "Lease",
     "NewWakeup",
     "Storage",
@@ -73,6 +74,25 @@ class Lease:
     """When the lease lapses unless renewed (``now + ttl`` at the claim or renewal)."""
 
 
+@final
+@attrs.frozen(kw_only=True)
+class EngineRecord:
+    """An engine registered on a storage, as ``Storage.engines`` lists it (for operators)."""
+
+    engine_id: str
+    """The engine's id (a fresh UUID per engine start)."""
+    host: str | None
+    """Host name it registered with (metadata)."""
+    pid: int | None
+    """Process id it registered with (metadata)."""
+    started_at: datetime
+    """When it registered."""
+    last_heartbeat: datetime | None
+    """Its last lease renewal (or its registration); ``None`` if the backend never saw one."""
+    runs_owned: int
+    """Live runs it holds a lease on now (expired leases not yet taken over included)."""
+
+
 class WakeupKind(enum.Enum):
     """What a wakeup asks the run's owner to do."""
 
@@ -101,6 +121,9 @@ class NewWakeup:
     """A resume whose key was already recorded for the run is a no-op."""
     due_at: datetime
     """When it may apply: a timer's ``fire_at``; ``now`` for the others."""
+    trace_context: Mapping[str, str] | None = None
+    """W3C trace headers (``traceparent``, ``tracestate``) of the code that added it, so
+    the spans of applying it join that trace in whichever engine applies it."""
 
 
 @final
@@ -118,6 +141,8 @@ class Wakeup:
     dedup_key: str | None
     due_at: datetime
     created_at: datetime
+    trace_context: Mapping[str, str] | None = None
+    """As recorded from ``NewWakeup.trace_context``."""
 
     def timer_record(self) -> TimerRecord:
         """The ``TimerRecord`` a timer wakeup stands for (readers see it in ``Instance.timers``)."""
@@ -300,6 +325,8 @@ class Storage(Protocol):
         """Extend every lease still held exactly as given; returns the renewed ones.
 
         A lease missing from the result is lost (taken over, or its run ended).
+        It also refreshes ``owner``'s heartbeat (``EngineRecord.last_heartbeat``)
+        when ``owner`` is a registered engine, even when ``leases`` is empty.
         """
         ...
 
@@ -336,6 +363,14 @@ class Storage(Protocol):
 
     async def unregister_engine(self, engine_id: str) -> None:
         """Forget a cleanly stopped engine."""
+        ...
+
+    async def engines(self, *, now: datetime) -> list[EngineRecord]:
+        """Every registered engine, by ``engine_id``, with its heartbeat and live runs held.
+
+        For operators (the CLI's ``engines`` command); takeover never depends on it.
+        ``register_engine`` and every ``renew`` (even of no lease) set the heartbeat.
+        """
         ...
 
     async def reap_engines(self, *, now: datetime) -> list[str]:

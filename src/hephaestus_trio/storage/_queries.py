@@ -1,7 +1,9 @@
 """SQL as data: a dialect's schema, migrations and named queries, loaded once.
 
 Each dialect has a folder ``storage/sql/<dialect>/`` holding ``schema.sql``
-(the canonical current schema), ``migrations/NNNN_<slug>.sql`` (numbered from
+(the canonical current schema; optional: a dialect without it builds a new
+database by applying every migration, as PostgreSQL's does, since its DDL is
+transactional), ``migrations/NNNN_<slug>.sql`` (numbered from
 0001, no gaps; the newest number is the schema version) and ``queries.sql``
 (blocks that start with a ``-- name --`` line and one description line). The
 files ship inside the package and are read through ``importlib.resources``,
@@ -40,7 +42,7 @@ class SqlDialect:
     """Every SQL file of one dialect."""
 
     schema: str
-    """``schema.sql``: what a new database gets."""
+    """``schema.sql``: what a new database gets (``""`` when the dialect has none)."""
     migrations: tuple[Migration, ...]
     """``migrations/*.sql`` in order; ``migrations[v]`` takes version ``v`` to ``v + 1``."""
     queries: Mapping[str, str]
@@ -100,7 +102,8 @@ def load_dialect(dialect: str) -> SqlDialect:
             for entry in root.joinpath("migrations").iterdir()
             if (match := _MIGRATION_NAME.match(entry.name)) is not None
         ]
-        schema = _read(root.joinpath("schema.sql"))
+        schema_file = root.joinpath("schema.sql")
+        schema = _read(schema_file) if schema_file.is_file() else ""
         queries = parse_queries(_read(root.joinpath("queries.sql")))
     except OSError as exc:
         raise RuntimeError(f"the {dialect} SQL files are missing from the package: {exc}") from exc

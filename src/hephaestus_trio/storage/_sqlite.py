@@ -62,7 +62,7 @@ from .._errors import HephaestusError, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from . import _sqlite_engines as engines
 from . import _sqlite_ops as ops
-from ._protocol import Lease, NewWakeup, Wakeup, WorkflowKey
+from ._protocol import EngineRecord, Lease, NewWakeup, Wakeup, WorkflowKey
 from ._query import normalize_filters
 from ._sqlite_access import (
     SQLITE_READONLY,
@@ -556,13 +556,10 @@ class SQLiteStorage:
         held = [lease for lease in leases if lease.owner == owner]
         params = {
             "owner": owner,
+            "now": _timestamp(now),
             "expires_at": _timestamp(expires),
             "leases": json_array([lease.run_id, lease.epoch] for lease in held),
         }
-        if not held:
-            self._check_open()
-            await trio.lowlevel.checkpoint()
-            return []
         renewed = await self._submit(lambda conn: ops.renew(conn, params))
         return [
             attrs.evolve(lease, expires_at=expires)
@@ -634,6 +631,21 @@ class SQLiteStorage:
             await trio.to_thread.run_sync(
                 lambda: engines.close_lock(fd, self._path, engine_id, unlink=True)
             )
+
+    async def engines(self, *, now: datetime) -> list[EngineRecord]:
+        _timestamp(now)  # ValueError for a naive now, as everywhere
+        rows = await self._read(ops.engines)
+        return [
+            EngineRecord(
+                engine_id=engine_id,
+                host=host,
+                pid=pid,
+                started_at=parse(started_at),
+                last_heartbeat=None if beat is None else parse(beat),
+                runs_owned=int(owned),
+            )
+            for engine_id, host, pid, started_at, beat, owned in rows
+        ]
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         if self._read_only:

@@ -44,6 +44,7 @@ __all__ = [
     "data_version",
     "delete",
     "engine_ids",
+    "engines",
     "expire_engines",
     "get",
     "next_wake",
@@ -179,7 +180,8 @@ def claim(conn: sqlite3.Connection, params: Params, *, among: bool) -> list[tupl
 
 
 def renew(conn: sqlite3.Connection, params: Params) -> set[tuple[str, int]]:
-    """``(run_id, epoch)`` of the leases extended."""
+    """``(run_id, epoch)`` of the leases extended; the owner's heartbeat beats."""
+    conn.execute(_Q["heartbeat"], params)
     return {(run_id, epoch) for run_id, epoch, _ in conn.execute(_Q["renew"], params)}
 
 
@@ -210,6 +212,14 @@ def register_engine(conn: sqlite3.Connection, row: Params) -> None:
 
 def unregister_engine(conn: sqlite3.Connection, engine_id: str) -> None:
     conn.execute(_Q["unregister_engine"], {"engine_id": engine_id})
+
+
+EngineRow = tuple[str, str | None, int | None, str, str | None, int]
+
+
+def engines(conn: sqlite3.Connection) -> list[EngineRow]:
+    """``(engine_id, host, pid, started_at, last_heartbeat, live runs held)`` of every engine."""
+    return [tuple(row) for row in conn.execute(_Q["engines"])]
 
 
 def engine_ids(conn: sqlite3.Connection) -> list[str]:

@@ -33,8 +33,10 @@ __all__ = [
     "workflows_param",
 ]
 
-WakeupRow = tuple[int, str, str, str | None, str | None, str | None, str | None, str, str]
-"""``seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at``."""
+WakeupRow = tuple[
+    int, str, str, str | None, str | None, str | None, str | None, str, str, str | None
+]
+"""``seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace_context``."""
 
 
 def timestamp(value: datetime) -> str:
@@ -101,6 +103,7 @@ def timer_row(run_id: str, timer: TimerRecord, created_at: str) -> dict[str, obj
         "dedup_key": None,
         "due_at": timestamp(timer.fire_at),
         "created_at": created_at,
+        "trace_context": None,
     }
 
 
@@ -115,12 +118,15 @@ def wakeup_row(wakeup: NewWakeup, created_at: str) -> dict[str, object]:
         "dedup_key": wakeup.dedup_key,
         "due_at": timestamp(wakeup.due_at),
         "created_at": created_at,
+        "trace_context": (
+            None if wakeup.trace_context is None else json_text(wakeup.trace_context)
+        ),
     }
 
 
 def wakeup_from_row(row: WakeupRow) -> Wakeup:
     """A ``Wakeup`` from its ``wakeups_of_run`` row (or an inserted row and its seq)."""
-    seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at = row
+    seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace = row
     return Wakeup(
         seq=seq,
         run_id=run_id,
@@ -131,6 +137,7 @@ def wakeup_from_row(row: WakeupRow) -> Wakeup:
         dedup_key=dedup_key,
         due_at=parse(due_at),
         created_at=parse(created_at),
+        trace_context=None if trace is None else json.loads(trace),
     )
 
 
@@ -147,6 +154,7 @@ def inserted(seq: int, row: Mapping[str, Any]) -> Wakeup:
             row["dedup_key"],
             row["due_at"],
             row["created_at"],
+            row["trace_context"],
         )
     )
 

@@ -181,7 +181,11 @@ class PostgresCluster:
                 server refused (e.g. the database exists).
         """
         self._check_name(name)
-        self.execute(f'CREATE DATABASE "{name}"')
+        # FILE_COPY (PostgreSQL 15+; older servers always copy files) is the
+        # faster way to clone the small template of a throwaway cluster.
+        version = int(self.execute("SHOW server_version_num")[0][0])
+        strategy = " STRATEGY = FILE_COPY" if version >= 150000 else ""
+        self.execute(f'CREATE DATABASE "{name}"{strategy}')
         return self.dsn_for(name)
 
     def drop_database(self, name: str) -> None:

@@ -65,6 +65,7 @@ from ..core._instance import (
     TimerRecord,
 )
 from ..storage._protocol import (
+    EngineRecord,
     Lease,
     NewWakeup,
     Storage,
@@ -465,6 +466,8 @@ async def _every_method_checkpoints(new_storage: StorageFactory, *, durable: boo
             await s.register_engine("A", now=T0, info={"pid": 1})
         with checkpoints("reap_engines"):
             await s.reap_engines(now=T0)
+        with checkpoints("engines"):
+            await s.engines(now=T0)
         with checkpoints("unregister_engine"):
             await s.unregister_engine("A")
         with checkpoints("wait_for_change"):
@@ -500,6 +503,7 @@ def _every_call(s: Storage) -> list[tuple[str, Callable[[], Awaitable[object]]]]
         ("register_engine", lambda: s.register_engine("A", now=T0, info={})),
         ("unregister_engine", lambda: s.unregister_engine("A")),
         ("reap_engines", lambda: s.reap_engines(now=T0)),
+        ("engines", lambda: s.engines(now=T0)),
         ("add_wakeup", lambda: s.add_wakeup(_resume("r1"), now=T0)),
         ("wakeups", lambda: s.wakeups("r1")),
         ("seen_dedup_key", lambda: s.seen_dedup_key("r1", "k")),
@@ -1262,6 +1266,34 @@ async def _add_wakeup_returns_the_recorded_wakeup(
 
 
 @_check
+async def _a_wakeup_keeps_the_trace_context_of_its_sender(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    headers = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with new_storage() as s:
+        await s.create(make_run(run_id="r1"), now=T0)
+        sent = attrs.evolve(_resume("r1", "wait", "go"), trace_context=headers)
+        added = await s.add_wakeup(sent, now=T0)
+        assert added is not None
+        _eq(added.trace_context, headers, "add_wakeup returns the trace context")
+        cancel = await s.add_wakeup(_cancel("r1"), now=T0)
+        assert cancel is not None
+        _eq(cancel.trace_context, None, "a wakeup sent without one has none")
+        _eq(
+            [w.trace_context for w in await s.wakeups("r1")],
+            [headers, None],
+            "the trace contexts as stored",
+        )
+    if durable:
+        async with new_storage() as again:
+            _eq(
+                [w.trace_context for w in await again.wakeups("r1")],
+                [headers, None],
+                "the trace contexts as another object on the same data reads them",
+            )
+
+
+@_check
 async def _seqs_increase_across_runs_and_kinds(
     new_storage: StorageFactory, *, durable: bool
 ) -> None:
@@ -1807,6 +1839,58 @@ async def _engine_registry(new_storage: StorageFactory, *, durable: bool) -> Non
         await s.unregister_engine("E1")
         await s.unregister_engine("never-registered")
         assert await s.get("r1") is not None, "the registry never touches runs"
+
+
+@_check
+async def _engines_lists_the_registered_engines(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        _eq(await s.engines(now=T0), [], "engines of an empty storage")
+        await s.register_engine("E2", now=_at(1), info={"host": "h2", "pid": 22})
+        await s.register_engine("E1", now=T0, info={"host": "h1", "pid": 11})
+        await s.create(make_run(run_id="r1"), now=T0, owner="E1")
+        ended_run = make_run(run_id="r2")
+        ended = await _create_owned(s, ended_run, "E1")
+        await s.write(ended, attrs.evolve(ended_run, status=Status.COMPLETED), now=_at(1))
+        await s.create(make_run(run_id="r3"), now=T0, owner="E2")
+        await s.create(make_run(run_id="r4"), now=T0)
+        records = await s.engines(now=_at(2))
+        assert all(isinstance(r, EngineRecord) for r in records), f"records: {records!r}"
+        _eq(
+            [
+                (r.engine_id, r.host, r.pid, r.started_at, r.last_heartbeat, r.runs_owned)
+                for r in records
+            ],
+            [("E1", "h1", 11, T0, T0, 1), ("E2", "h2", 22, _at(1), _at(1), 1)],
+            "engines by id, registration as heartbeat, live runs held (a terminal one is not)",
+        )
+        for record in records:
+            _eq(record.started_at.utcoffset(), timedelta(0), "started_at comes back in UTC")
+        await s.unregister_engine("E2")
+        _eq([r.engine_id for r in await s.engines(now=_at(3))], ["E1"], "after unregister")
+
+
+@_check
+async def _renew_beats_the_engines_heart(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        await s.register_engine("E1", now=T0, info={"host": "h1", "pid": 11})
+        lease = await _create_owned(s, make_run(run_id="r1"), "E1")
+
+        async def heartbeat() -> datetime | None:
+            (record,) = await s.engines(now=_at(100))
+            return record.last_heartbeat
+
+        await s.renew("E1", [lease], now=_at(5), ttl=TTL)
+        _eq(await heartbeat(), _at(5), "a renewal beats the heart")
+        await s.renew("E1", [], now=_at(9), ttl=TTL)
+        _eq(await heartbeat(), _at(9), "a renewal of no lease too (an idle engine is alive)")
+        (taken,) = await _claim(s, "E2", _at(9 + TTL))
+        _eq(await s.renew("E1", [lease], now=_at(50), ttl=TTL), [], "a lost lease")
+        _eq(await heartbeat(), _at(50), "a renewal that renewed nothing still beats the heart")
+        _eq(await s.renew("X", [], now=_at(60), ttl=TTL), [], "an unregistered owner renews")
+        _eq(await heartbeat(), _at(50), "and beats nobody's heart")
+        _eq(taken.owner, "E2", "the takeover")
 
 
 @_check

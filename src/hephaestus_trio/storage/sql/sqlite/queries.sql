@@ -215,8 +215,9 @@ SELECT COUNT(*) FROM hephaestus_wakeups WHERE run_id = :run_id AND kind = 'resum
 
 -- insert_wakeup --
 -- Record one wakeup; seq comes from AUTOINCREMENT (cursor.lastrowid).
-INSERT INTO hephaestus_wakeups (run_id, kind, step, event, payload, dedup_key, due_at, created_at)
-VALUES (:run_id, :kind, :step, :event, :payload, :dedup_key, :due_at, :created_at);
+INSERT INTO hephaestus_wakeups
+    (run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace_context)
+VALUES (:run_id, :kind, :step, :event, :payload, :dedup_key, :due_at, :created_at, :trace_context);
 
 -- wake_by --
 -- The run needs a driver no later than :due_at.
@@ -240,7 +241,7 @@ DELETE FROM hephaestus_wakeups WHERE seq = :seq AND run_id = :run_id AND kind = 
 
 -- wakeups_of_run --
 -- One run's unapplied wakeups, in seq order.
-SELECT seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at
+SELECT seq, run_id, kind, step, event, payload, dedup_key, due_at, created_at, trace_context
 FROM hephaestus_wakeups WHERE run_id = :run_id ORDER BY seq;
 
 -- owned_wakeups --
@@ -253,13 +254,26 @@ ORDER BY w.run_id;
 
 -- register_engine --
 -- Record a running engine (its proof of life is its lock file, not this row).
-INSERT INTO hephaestus_engines (engine_id, host, pid, started_at, info)
-VALUES (:engine_id, :host, :pid, :started_at, :info)
+INSERT INTO hephaestus_engines (engine_id, host, pid, started_at, info, last_heartbeat)
+VALUES (:engine_id, :host, :pid, :started_at, :info, :started_at)
 ON CONFLICT (engine_id) DO UPDATE SET
     host = excluded.host,
     pid = excluded.pid,
     started_at = excluded.started_at,
-    info = excluded.info;
+    info = excluded.info,
+    last_heartbeat = excluded.last_heartbeat;
+
+-- heartbeat --
+-- A renewal: the engine is alive now (for the engines listing only).
+UPDATE hephaestus_engines SET last_heartbeat = :now WHERE engine_id = :owner;
+
+-- engines --
+-- Every registered engine with how many live runs it holds, by engine_id.
+SELECT e.engine_id, e.host, e.pid, e.started_at, e.last_heartbeat,
+    (SELECT COUNT(*) FROM hephaestus_runs AS r
+     WHERE r.owner = e.engine_id AND r.status IN ('pending', 'running', 'waiting'))
+FROM hephaestus_engines AS e
+ORDER BY e.engine_id;
 
 -- unregister_engine --
 -- Forget an engine.

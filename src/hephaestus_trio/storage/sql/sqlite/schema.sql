@@ -73,7 +73,8 @@ CREATE INDEX hephaestus_runs_owner_idx ON hephaestus_runs (owner) WHERE owner IS
 -- Recorded, not yet applied wakeups (resumes, timers, cancel requests) of
 -- live runs. AUTOINCREMENT: a seq is never reused, even after the newest row
 -- is deleted, and one counter orders the wakeups of the whole database.
--- payload is JSON text (or NULL).
+-- payload is JSON text (or NULL); trace_context is the JSON object of W3C
+-- trace headers of whoever added the wakeup (or NULL).
 CREATE TABLE hephaestus_wakeups (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL,
@@ -83,7 +84,8 @@ CREATE TABLE hephaestus_wakeups (
     payload TEXT,
     dedup_key TEXT,
     due_at TEXT NOT NULL,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    trace_context TEXT
 );
 
 -- wakeups(), and every "the wakeups of this run" statement.
@@ -112,5 +114,6 @@ CREATE TABLE hephaestus_engines (
     host TEXT,
     pid INTEGER,
     started_at TEXT NOT NULL,
-    info TEXT NOT NULL
+    info TEXT NOT NULL,
+    last_heartbeat TEXT
 );
