@@ -16,6 +16,7 @@ import trio
 from .._errors import HephaestusError
 from ._backup import cmd_backup
 from ._commands import CLIError, cmd_cancel, cmd_graph, cmd_list, cmd_resume, cmd_show
+from ._engines import cmd_engines
 from ._parser import build_parser
 
 __all__ = ["main"]
@@ -42,7 +43,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.engine_child is not None:
             return trio.run(_demo.run_engine_child, args.db, args.engine_child, args.orders)
         return trio.run(_demo.run_demo, args.db, args.orders)
-    handlers = {"list": cmd_list, "show": cmd_show, "resume": cmd_resume, "cancel": cmd_cancel}
+    handlers = {
+        "list": cmd_list,
+        "show": cmd_show,
+        "resume": cmd_resume,
+        "cancel": cmd_cancel,
+        "engines": cmd_engines,
+    }
     return trio.run(handlers[command], args)
 
 
