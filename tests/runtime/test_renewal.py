@@ -85,9 +85,7 @@ def _reset() -> None:
 
 
 def _engine(storage: Renewals):  # type: ignore[no-untyped-def]
-    return open_engine(
-        storage, [LongFlow], wall_clock=CLOCK, lease_ttl=TTL, lease_renewal=RENEWAL
-    )
+    return open_engine(storage, [LongFlow], wall_clock=CLOCK, lease_ttl=TTL, lease_renewal=RENEWAL)
 
 
 async def test_renewals_failing_inside_the_window_interrupt_nothing(
