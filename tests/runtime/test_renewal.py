@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 import trio
+import trio.testing
 
 from hephaestus_trio import (
     Done,
@@ -147,3 +148,46 @@ async def test_a_hung_renewal_is_bounded_by_the_window(
         final = await engine.wait(iid)
     assert final.status is Status.COMPLETED
     assert len(STARTS) == 2
+
+
+class SlowTerminalAnswer(MemoryStorage):
+    """The terminal write commits, then its answer is held until a renewal has answered
+    without the run (a terminal write ends the lease) and the engine handled that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terminal_committed = False
+        self.renewed_after = trio.Event()
+
+    async def write(self, lease, instance, **kwargs):  # type: ignore[no-untyped-def]
+        added = await super().write(lease, instance, **kwargs)
+        if instance.is_terminal:
+            self.terminal_committed = True
+            await self.renewed_after.wait()
+            await trio.testing.wait_all_tasks_blocked()
+        return added
+
+    async def renew(
+        self, owner: str, leases: Collection[Lease], *, now: datetime, ttl: float
+    ) -> list[Lease]:
+        renewed = await super().renew(owner, leases, now=now, ttl=ttl)
+        if self.terminal_committed:
+            assert not renewed  # the run ended: its lease with it
+            self.renewed_after.set()
+        return renewed
+
+
+async def test_a_renewal_racing_the_terminal_write_is_not_a_lost_lease(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    storage = SlowTerminalAnswer()
+    stops: list[str] = []
+    async with _engine(storage) as engine:
+        engine.subscribe(lambda event: stops.append(event.name), events=["workflow.stop"])
+        iid = await engine.start_instance(LongFlow, id="long::d")
+        final = await engine.wait(iid)
+        await trio.testing.wait_all_tasks_blocked()
+    assert storage.renewed_after.is_set()
+    assert final.status is Status.COMPLETED
+    assert stops == ["workflow.stop"]  # announced once, not lost to a spurious stop
+    assert "lease lost" not in caplog.text

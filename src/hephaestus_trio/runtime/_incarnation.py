@@ -106,11 +106,22 @@ class Incarnation:
         old = self.state
         storage = self.engine.storage
         lease = self.entry.lease
-        added = await self.io(
-            lambda: storage.write(
-                lease, new, now=self.now(), consume=consume, add_timers=add_timers
+        was_closing = self.entry.closing
+        if new.is_terminal:
+            # The terminal write ends the lease: a renewal answering while it is
+            # in flight no longer finds the run, which is not a lost lease (and
+            # stopping the run then could cancel the write's answer, losing the
+            # run's one announcement).
+            self.entry.closing = True
+        try:
+            added = await self.io(
+                lambda: storage.write(
+                    lease, new, now=self.now(), consume=consume, add_timers=add_timers
+                )
             )
-        )
+        except BaseException:
+            self.entry.closing = was_closing
+            raise
         for seq in consume:
             self.wakeups.pop(seq, None)
         for wakeup in added:
