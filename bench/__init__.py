@@ -4,12 +4,12 @@ Run from the repository root::
 
     python -m bench            # the full run (about a minute or two)
     python -m bench --quick    # a small smoke run (seconds)
-    python -m bench --only gk  # only some rows; g-k are the PostgreSQL rows
+    python -m bench --only jn  # only some rows; j-n are the PostgreSQL rows
 
 Every row compares the engine with a baseline that runs the same DAG and the
 same step code with plain Trio tasks and no engine; in durable mode the
 baseline writes the same records (the run's JSON after every transition) to
-SQLite with batched commits in one worker thread. The PostgreSQL rows (g-k)
+SQLite with batched commits in one worker thread. The PostgreSQL rows (j-n)
 start a throwaway server with ``fsync`` on and compare engines on
 ``PostgresStorage`` with the same writes issued by plain psycopg from Trio
 with the same pool (``_postgres.py``). ``bench/README.md`` has the
@@ -78,7 +78,7 @@ QUICK = Sizes(
 )
 
 SQLITE_ROWS = frozenset("abcdef")
-POSTGRES_ROWS = frozenset("ghijk")
+POSTGRES_ROWS = frozenset("jklmn")
 
 
 @attrs.frozen
@@ -250,7 +250,7 @@ def run(
     out: Any = None,
     cluster: Any = None,
 ) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: letters a to k) and return the rows.
+    """Run the benchmarks (or the ``only`` ones: letters a to n) and return the rows.
 
     The PostgreSQL rows start a server of their own, or use ``cluster`` (a
     started ``PostgresCluster``) when given.
@@ -393,12 +393,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--only", metavar="LETTERS", help="run only these rows, e.g. --only ad (a-k)"
+        "--only", metavar="LETTERS", help="run only these rows, e.g. --only ad (a-n)"
     )
     parser.add_argument(
         "--postgres",
         action="store_true",
-        help="with --quick: add the PostgreSQL rows g-k (a full run always has them)",
+        help="with --quick: add the PostgreSQL rows j-n (a full run always has them)",
     )
     parser.add_argument(
         "--profile",
@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick and only is None:
         only = set(SQLITE_ROWS | (POSTGRES_ROWS if args.postgres else set()))
     if only is not None and not only <= SQLITE_ROWS | POSTGRES_ROWS:
-        parser.error(f"--only takes row letters a-k, got {args.only!r}")
+        parser.error(f"--only takes row letters a-n, got {args.only!r}")
     print("hephaestus-trio benchmarks" + (" (--quick)" if args.quick else ""))
     for name, value in machine().items():
         print(f"  {name}: {value}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -135,7 +136,7 @@ async def open_pg_writer(dsn: str) -> AsyncIterator[PgWriter]:
         await trio.to_thread.run_sync(writer._pool.close)
 
 
-# -- (g) throughput, one process per engine ------------------------------------------------
+# -- (j) throughput, one process per engine ------------------------------------------------
 
 
 async def _engine_orders(
@@ -190,6 +191,7 @@ async def _child_main(side: str, dsn: str, first: int, count: int) -> None:
 
 def pg_child(side: str, dsn: str, first: int, count: int) -> None:
     """The body of one throughput process (``python -m bench --pg-child ...``)."""
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # dropped connections at exit
     trio.run(_child_main, side, dsn, first, count)
 
 
@@ -247,7 +249,7 @@ def throughput_processes(side: str, dsn: str, processes: int, count: int) -> flo
     return share * processes / (last - first)
 
 
-# -- (h) single-run latency ---------------------------------------------------------------
+# -- (k) single-run latency ---------------------------------------------------------------
 
 
 def _set(event: trio.Event, _: Event) -> None:
@@ -279,7 +281,7 @@ async def baseline_pg_latency(dsn: str, runs: int) -> float:
     return total / runs
 
 
-# -- (i) resume to next step --------------------------------------------------------------
+# -- (l) resume to next step --------------------------------------------------------------
 
 
 async def _park(engine: Any, count: int, offset: int = 0) -> None:
@@ -349,7 +351,7 @@ async def baseline_pg_resume_latency(dsn: str, runs: int) -> float:
     return elapsed / runs
 
 
-# -- (j) recovery of parked runs, (k) bytes per parked run ---------------------------------
+# -- (m) recovery of parked runs, (n) bytes per parked run ---------------------------------
 
 
 async def prepare_pg_parked(dsn: str, count: int) -> None:

@@ -1,4 +1,4 @@
-"""Rows g-k: the PostgreSQL measurements, each beside its psycopg baseline.
+"""Rows j-n: the PostgreSQL measurements, each beside its psycopg baseline.
 
 Repeats are interleaved (engine, baseline, engine, baseline, ...) so that a
 change in the machine's load hits both sides alike; each row reports the
@@ -72,7 +72,7 @@ def postgres_rows(
     progress: Callable[[str], None],
     cluster: PostgresCluster | None = None,
 ) -> list[Row]:
-    """Measure the ``wanted`` rows among g-k on a server started here (or on ``cluster``,
+    """Measure the ``wanted`` rows among j-n on a server started here (or on ``cluster``,
     which a test passes to skip the start-up); the rows."""
     # The pools log each connection they drop when a measurement's database goes.
     logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -90,11 +90,11 @@ def _measure(
     progress(f"PostgreSQL {version}, fsync {'on' if cluster.fsync else 'off'}, port {cluster.port}")
     repeats = sizes.pg_repeats
 
-    if "g" in wanted:
+    if "j" in wanted:
         count = sizes.pg_throughput
         one_engine: list[float] = []
         for processes in (1, 2, 3):
-            progress(f"(g) throughput, {count} orders, {processes} engine process(es)")
+            progress(f"(j) throughput, {count} orders, {processes} engine process(es)")
             engines, baselines = _interleaved(
                 repeats,
                 lambda n=processes: pg.throughput_processes("engine", _fresh(cluster), n, count),
@@ -120,7 +120,7 @@ def _measure(
                 }
             rows.append(
                 _row(
-                    "g",
+                    "j",
                     f"throughput, {count:,} orders, {processes} engine process(es), postgres",
                     engines,
                     baselines,
@@ -130,9 +130,9 @@ def _measure(
                 )
             )
 
-    if "h" in wanted:
+    if "k" in wanted:
         runs = sizes.pg_latency
-        progress(f"(h) single-run latency, {runs} runs, postgres")
+        progress(f"(k) single-run latency, {runs} runs, postgres")
         engines, baselines = _interleaved(
             repeats,
             lambda: trio.run(pg.engine_pg_latency, _fresh(cluster), runs),
@@ -140,7 +140,7 @@ def _measure(
         )
         rows.append(
             _row(
-                "h",
+                "k",
                 f"latency of one order (mean of {runs}), postgres",
                 engines,
                 baselines,
@@ -149,9 +149,9 @@ def _measure(
             )
         )
 
-    if "i" in wanted:
+    if "l" in wanted:
         runs = sizes.pg_resume
-        progress(f"(i) resume-to-next-step latency, {runs} resumes, postgres")
+        progress(f"(l) resume-to-next-step latency, {runs} resumes, postgres")
         engines, baselines = _interleaved(
             repeats,
             lambda: trio.run(pg.engine_pg_resume_latency, _fresh(cluster), runs),
@@ -159,7 +159,7 @@ def _measure(
         )
         rows.append(
             _row(
-                "i",
+                "l",
                 f"resume -> next step starts (mean of {runs}), postgres",
                 engines,
                 baselines,
@@ -168,13 +168,13 @@ def _measure(
             )
         )
 
-    if "j" in wanted:
+    if "m" in wanted:
         count = sizes.pg_recovery
-        progress(f"(j) recovery of {count} parked runs, postgres (preparing)")
+        progress(f"(m) recovery of {count} parked runs, postgres (preparing)")
         engine_db, baseline_db = _fresh(cluster), _fresh(cluster)
         trio.run(pg.prepare_pg_parked, engine_db, count)
         trio.run(pg.prepare_pg_baseline_parked, baseline_db, count)
-        progress(f"(j) recovery of {count} parked runs, postgres (measuring)")
+        progress(f"(m) recovery of {count} parked runs, postgres (measuring)")
         engines, baselines = _interleaved(
             repeats,
             lambda: trio.run(pg.engine_pg_recovery, engine_db, count),
@@ -182,7 +182,7 @@ def _measure(
         )
         rows.append(
             _row(
-                "j",
+                "m",
                 f"open_engine on {count:,} hibernated runs, postgres",
                 engines,
                 baselines,
@@ -194,9 +194,9 @@ def _measure(
             )
         )
 
-    if "k" in wanted:
+    if "n" in wanted:
         count = sizes.pg_parked
-        progress(f"(k) database KiB per parked run, {count} parked, postgres")
+        progress(f"(n) database KiB per parked run, {count} parked, postgres")
         engines, baselines = _interleaved(
             1,  # sizes on disk do not vary with the load
             lambda: trio.run(pg.engine_pg_parked_kib, _fresh(cluster), count),
@@ -204,7 +204,7 @@ def _measure(
         )
         rows.append(
             _row(
-                "k",
+                "n",
                 f"database KiB per parked run ({count:,} parked), postgres",
                 engines,
                 baselines,

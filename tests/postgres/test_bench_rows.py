@@ -1,4 +1,4 @@
-"""The PostgreSQL rows of ``python -m bench`` (g-k) at toy sizes, so they do not rot.
+"""The PostgreSQL rows of ``python -m bench`` (j-n) at toy sizes, so they do not rot.
 
 ``python -m bench`` starts a server of its own with ``fsync`` on; here the
 rows run on the test run's server to save the start-up. The sizes are far too
@@ -31,8 +31,8 @@ def test_every_postgresql_row_is_measured(
     sizes = attrs.evolve(
         bench.QUICK, pg_throughput=6, pg_latency=2, pg_resume=2, pg_recovery=20, pg_parked=20
     )
-    rows = bench.run(sizes, tmp_path, only=set("ghijk"), cluster=postgres_cluster)
-    assert [row.key for row in rows] == ["g", "g", "g", "h", "i", "j", "k"]
+    rows = bench.run(sizes, tmp_path, only=set("jklmn"), cluster=postgres_cluster)
+    assert [row.key for row in rows] == ["j", "j", "j", "k", "l", "m", "n"]
     assert [row.label.split(", ")[2] for row in rows[:3]] == [
         "1 engine process(es)",
         "2 engine process(es)",
