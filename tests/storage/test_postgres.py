@@ -241,6 +241,25 @@ async def _quietly(call: Any) -> Any:
         return None
 
 
+async def test_a_transaction_left_idle_by_a_paused_process_is_ended(postgres_dsn: str) -> None:
+    async with opened(postgres_dsn, idle_in_transaction_timeout=0.3) as storage:
+        setting = await storage._run(
+            "show", lambda conn: conn.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+        )
+        assert setting == ("300ms",)
+
+        def stuck(conn: Any) -> Any:
+            # What a process paused inside a transaction leaves behind.
+            conn.execute("BEGIN")
+            conn.execute("SELECT 1")
+            time.sleep(1.0)
+            return conn.execute("SELECT 1").fetchone()
+
+        with pytest.raises(StorageError, match="idle-in-transaction timeout|terminat"):
+            await storage._run("stuck", stuck)
+        assert await storage.query() == []  # the pool replaced the connection
+
+
 # -- cancellation --------------------------------------------------------------------
 
 
@@ -386,13 +405,36 @@ async def test_without_notify_polling_finds_the_change(
         assert sessions == [(0,)], "notify=False opens no LISTEN connection"
 
 
+async def test_cancelled_waits_leave_no_doze_thread_behind(postgres_dsn: str) -> None:
+    async with opened(postgres_dsn, poll_interval=30) as storage:
+        seen = await storage.wait_for_change(-1)
+        for _ in range(40):  # as an engine's claim loop woken by its doorbell
+            with trio.move_on_after(0.01):
+                await storage.wait_for_change(seen)
+        limiter = storage._doze_limiter
+        await until("every doze thread ended", lambda: limiter.borrowed_tokens == 0)
+        took = await wait_changed_after(storage, seen, lambda: storage.release_all("x", now=T0))
+        assert took < 5
+
+
+async def wait_changed_after(storage: PostgresStorage, seen: int, change: Any) -> float:
+    async with trio.open_nursery() as nursery:
+        took: list[float] = []
+
+        async def wait() -> None:
+            took.append(await wait_changed(storage, seen, within=DEADLINE))
+
+        nursery.start_soon(wait)
+        await trio.testing.wait_all_tasks_blocked()
+        await change()
+    return took[0]
+
+
 async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
     async with opened(postgres_dsn) as setup:
         for n in range(100):
             await setup.create(parked(f"r{n:03d}", *[f"s{k}" for k in range(10)]), now=T0)
-    listener = await trio.to_thread.run_sync(
-        lambda: psycopg.connect(postgres_dsn, autocommit=True)
-    )
+    listener = await trio.to_thread.run_sync(lambda: psycopg.connect(postgres_dsn, autocommit=True))
     try:
         listener.execute("LISTEN hephaestus_changes")
         async with opened(postgres_dsn, pool_size=10) as storage:
@@ -400,9 +442,7 @@ async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
             async def resumes(batch: int) -> None:
                 for n in range(batch * 10, batch * 10 + 10):
                     for step in range(10):
-                        added = await storage.add_wakeup(
-                            resume(f"r{n:03d}", f"s{step}"), now=T0
-                        )
+                        added = await storage.add_wakeup(resume(f"r{n:03d}", f"s{step}"), now=T0)
                         assert added is not None
 
             async with trio.open_nursery() as nursery:
@@ -522,15 +562,36 @@ async def test_a_bogus_caller_clock_changes_nothing(postgres_dsn: str) -> None:
 # -- engines ---------------------------------------------------------------------
 
 
+def register_in_another_process(dsn: str, engine_id: str, info: dict[str, Any]) -> None:
+    """An engine of an earlier process: it registers, takes a run, and its process ends."""
+    code = textwrap.dedent(
+        f"""
+        import trio
+        from datetime import UTC, datetime
+        from hephaestus_trio import Instance, PostgresStorage
+
+        async def main():
+            async with PostgresStorage({dsn!r}) as storage:
+                now = datetime.now(UTC)
+                await storage.register_engine({engine_id!r}, now=now, info={info!r})
+                run = Instance.new("tests.Order", {{}}, id="orderid::r1", run_id="r1", now=now)
+                await storage.create(run, now=now, owner={engine_id!r}, ttl=300)
+
+        trio.run(main)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
 async def test_a_new_engine_with_the_same_host_and_pid_reclaims_at_once(
     postgres_dsn: str,
 ) -> None:
-    async with opened(postgres_dsn) as old, opened(postgres_dsn) as new:
-        info = {"host": "box-1", "pid": 4242}
-        await old.register_engine("E-old", now=T0, info=info)
-        await old.register_engine("E-other", now=T0, info={"host": "box-2", "pid": 4242})
-        await old.create(make_instance(run_id="r1"), now=T0, owner="E-old", ttl=300)
-        await old.create(make_instance(run_id="r2"), now=T0, owner="E-other", ttl=300)
+    info = {"host": "box-1", "pid": 4242}
+    await trio.to_thread.run_sync(register_in_another_process, postgres_dsn, "E-old", info)
+    async with opened(postgres_dsn) as new:
+        await new.register_engine("E-other", now=T0, info={"host": "box-2", "pid": 4242})
+        await new.create(make_instance(run_id="r2"), now=T0, owner="E-other", ttl=300)
         assert await new.claim("E-new", now=T0, ttl=30, workflows=None, limit=10) == []
         seen = await new.wait_for_change(-1)
         await new.register_engine("E-new", now=T0, info=info)
@@ -542,6 +603,36 @@ async def test_a_new_engine_with_the_same_host_and_pid_reclaims_at_once(
             ("E-new", 1),
             ("E-other", 1),
         ]
+        for engine_id in ("E-new", "E-other"):
+            await new.unregister_engine(engine_id)
+
+
+async def test_engines_of_one_process_share_host_and_pid_and_stay_alive(
+    postgres_dsn: str,
+) -> None:
+    async with opened(postgres_dsn) as first, opened(postgres_dsn) as second:
+        info = {"host": "box-1", "pid": 4343}
+        await first.register_engine("E-a", now=T0, info=info)
+        await first.create(make_instance(run_id="r1"), now=T0, owner="E-a", ttl=300)
+        await second.register_engine("E-b", now=T0, info=info)
+        assert await second.claim("E-b", now=T0, ttl=30, workflows=None, limit=10) == []
+        assert [e.engine_id for e in await second.engines(now=T0)] == ["E-a", "E-b"]
+        await first.unregister_engine("E-a")
+        await first.unregister_engine("E-b")
+
+
+async def test_an_engine_whose_storage_closed_is_gone_for_its_successor(
+    postgres_dsn: str,
+) -> None:
+    info = {"host": "box-3", "pid": 4444}
+    async with opened(postgres_dsn) as crashed:  # closed without unregistering: gone
+        await crashed.register_engine("E-crashed", now=T0, info=info)
+        await crashed.create(make_instance(run_id="r1"), now=T0, owner="E-crashed", ttl=300)
+    async with opened(postgres_dsn) as successor:
+        await successor.register_engine("E-successor", now=T0, info=info)
+        claimed = await successor.claim("E-successor", now=T0, ttl=30, workflows=None, limit=5)
+        assert [lease.run_id for lease in claimed] == ["r1"]
+        await successor.unregister_engine("E-successor")
 
 
 async def test_the_heartbeat_is_the_database_clock(postgres_dsn: str) -> None:

@@ -20,11 +20,12 @@ The design in five points (``docs/storage.md`` has the long form):
   ``clock="caller"`` the passed ``now`` is used exactly as SQLite uses it (the
   conformance suite and virtual-time tests drive time through it).
 - **NOTIFY is a hint.** Changes that give another engine work (an unowned
-  run, a wakeup, a release that found new wakeups, a shutdown's release)
-  send at most one NOTIFY per transaction, coalesced across concurrent
-  callers (one in flight at a time); the payload is only the sending
-  storage's id, so that it can ignore its own echo. One dedicated
-  LISTEN connection per opened storage is driven without a thread;
+  run, a wakeup, a release that found new wakeups, a shutdown's release) or
+  end a run (someone elsewhere may wait for it) send at most one NOTIFY
+  per transaction, coalesced across concurrent callers (one in flight at a
+  time); the payload is only the sending storage's id, so that it can
+  ignore its own echo. One dedicated LISTEN connection per opened storage is
+  driven without a thread;
   ``wait_for_change`` also returns every ``poll_interval`` whatever happened,
   so a lost LISTEN connection (reconnected with backoff) or ``notify=False``
   only delays work by one poll interval and loses nothing.
@@ -68,6 +69,13 @@ _T = TypeVar("_T")
 _CHANNEL = "hephaestus_changes"
 _RECONNECT_FIRST = 0.1
 _RECONNECT_MAX = 5.0
+_ENGINES_HERE: set[str] = set()
+"""Engines registered by this process through a ``PostgresStorage`` still open.
+
+They share the process's host and pid, so a registration with that host and
+pid proves none of *them* dead; only engines of an earlier process (or of a
+storage object of this process that was closed without unregistering them:
+that engine is gone too) are."""
 _PASSWORD = re.compile(r"(password\s*=\s*)(\S+)|(://[^:/@]*:)([^@]*)(@)", re.IGNORECASE)
 
 
@@ -173,6 +181,11 @@ class PostgresStorage:
         connect_timeout: seconds to wait for a connection before failing.
         application_name: shown in ``pg_stat_activity`` (the LISTEN connection
             adds `` listener``).
+        idle_in_transaction_timeout: seconds after which the server ends a
+            session of ours idle inside a transaction. Our transactions never
+            wait between statements, so only a paused or stuck process trips
+            it; it frees the row locks such a process holds, which would
+            otherwise keep its runs from being taken over.
 
     Raises:
         StorageError: a bad option; on ``open``: psycopg is not installed,
@@ -193,6 +206,7 @@ class PostgresStorage:
         clock: Literal["database", "caller"] = "database",
         connect_timeout: float = 10.0,
         application_name: str = "hephaestus-trio",
+        idle_in_transaction_timeout: float = 10.0,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.strip():
             raise StorageError(f"PostgresStorage needs a DSN string, got {dsn!r}")
@@ -204,6 +218,11 @@ class PostgresStorage:
             )
         if clock not in ("database", "caller"):
             raise StorageError(f"clock must be 'database' or 'caller', got {clock!r}")
+        if not idle_in_transaction_timeout > 0:
+            raise StorageError(
+                "idle_in_transaction_timeout must be a positive number of seconds, "
+                f"got {idle_in_transaction_timeout!r}"
+            )
         if not connect_timeout > 0:
             raise StorageError(
                 f"connect_timeout must be a positive number of seconds, got {connect_timeout!r}"
@@ -215,6 +234,7 @@ class PostgresStorage:
         self._clock = clock
         self._connect_timeout = float(connect_timeout)
         self._application_name = application_name
+        self._idle_timeout_ms = max(1, round(idle_in_transaction_timeout * 1000))
         self._executor: Executor | None = None
         self._listener = _Listener()
         self._lifecycle = trio.Lock()
@@ -222,7 +242,9 @@ class PostgresStorage:
         self._was_opened = False
         # wait_for_change: a counter moved by local changes, notifications and polls.
         self._changes = 0
-        self._bell = threading.Event()
+        # One event per waiter dozing in a worker thread: a change sets them all;
+        # a waiter that stops (cancelled) sets its own, so its thread ends at once.
+        self._dozers: set[threading.Event] = set()
         self._doze_limiter = trio.CapacityLimiter(8)
         # NOTIFY coalescing: one in flight at a time; a change meanwhile sends one more.
         self._hinting = False
@@ -233,6 +255,8 @@ class PostgresStorage:
         """How many NOTIFYs this object sent (observed by tests and benchmarks)."""
         # owned_wakeups: per owner, the snapshot of its previous call.
         self._owned_marks: dict[str, str] = {}
+        # Engines registered through this object (alive while it is open).
+        self._registered: set[str] = set()
 
     def __repr__(self) -> str:
         return f"PostgresStorage({redact(self._dsn)!r}, clock={self._clock!r})"
@@ -301,6 +325,7 @@ class PostgresStorage:
                     "connect_timeout": max(1, round(self._connect_timeout)),
                 },
                 open=False,
+                configure=self._configure,
                 timeout=self._connect_timeout,
                 name=f"hephaestus-trio {redact(self._dsn)}",
             )
@@ -316,10 +341,19 @@ class PostgresStorage:
                     ) from exc
 
             await trio.to_thread.run_sync(open_pool)
-            self._executor = Executor(pool, self._pool_size)
             self._listener = _Listener()
-            if self._notify:
-                await self._reconnect_listener()
+            try:
+                if self._notify:
+                    await self._reconnect_listener()
+            except BaseException:
+                # Cancelled while connecting the listener: leave nothing open
+                # (synchronously: an await here would itself be cancelled).
+                if self._listener.conn is not None:
+                    self._listener.conn.close()
+                self._listener = _Listener()
+                pool.close(timeout=0)
+                raise
+            self._executor = Executor(pool, self._pool_size)
             self._is_open = self._was_opened = True
 
     async def close(self) -> None:
@@ -331,9 +365,11 @@ class PostgresStorage:
             executor, self._executor = self._executor, None
             listener, self._listener = self._listener, _Listener()
             self._owned_marks.clear()
+            _ENGINES_HERE.difference_update(self._registered)
+            self._registered.clear()
             # Waiters in wait_for_change wake up and find the storage closed.
-            bell, self._bell = self._bell, threading.Event()
-            bell.set()
+            for dozer in self._dozers:
+                dozer.set()
             if listener.conn is not None:
                 trio.lowlevel.notify_closing(listener.fd)
                 conn = listener.conn
@@ -356,6 +392,13 @@ class PostgresStorage:
                 f"{describe(exc)}"
             ) from exc
         return cast("psycopg.Connection[Any]", conn)
+
+    def _configure(self, conn: psycopg.Connection[Any]) -> None:
+        """Pool worker thread: settings of every new pooled connection."""
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+            (str(self._idle_timeout_ms),),
+        )
 
     def _check_open(self) -> Executor:
         if not self._is_open or self._executor is None:
@@ -471,12 +514,15 @@ class PostgresStorage:
             raise ValueError(f"lease of {lease.run_id!r} cannot write run {instance.run_id!r}")
         row = _run_row(instance)
         consumed, timers = list(consume), list(add_timers)
-        return await self._run(
+        added = await self._run(
             "write",
             lambda conn: ops.write(
                 conn, lease, instance, row, consume=consumed, add_timers=timers, created_at=now
             ),
         )
+        if instance.status.is_terminal:
+            await self._hint()  # whoever waits for the run's end elsewhere looks now
+        return added
 
     async def delete(self, run_id: str) -> None:
         from . import _postgres_ops as ops
@@ -574,7 +620,12 @@ class PostgresStorage:
 
         That older engine's process is gone (its pid now belongs to the
         registering process on the same host), so its leases lapse at once and
-        its runs are claimable without waiting for the TTL.
+        its runs are claimable without waiting for the TTL. Engines registered
+        by this same process (they share its pid) are of course not dead. The
+        proof needs ``host`` to name the pid namespace: containers sharing the
+        host's network and name (``hostNetwork``), all pid 1, must register a
+        distinct ``host`` (e.g. the container id), or each start would expire
+        the others' leases once (safely: fenced writes refuse the old owner).
         """
         from . import _postgres_ops as ops
 
@@ -587,9 +638,13 @@ class PostgresStorage:
             "started_at": now,
             "info": ops.json_text(info),
         }
+        here = sorted(_ENGINES_HERE - {engine_id})
         dead = await self._run(
-            "register_engine", lambda conn: ops.register_engine(conn, row, now=at)
+            "register_engine",
+            lambda conn: ops.register_engine(conn, row, now=at, alive_here=here),
         )
+        _ENGINES_HERE.add(engine_id)
+        self._registered.add(engine_id)
         if dead:
             self._bump()
             await self._hint()
@@ -598,6 +653,8 @@ class PostgresStorage:
         from . import _postgres_ops as ops
 
         await self._run("unregister_engine", lambda conn: ops.unregister_engine(conn, engine_id))
+        _ENGINES_HERE.discard(engine_id)
+        self._registered.discard(engine_id)
 
     async def reap_engines(self, *, now: datetime) -> list[str]:
         """``[]``: no engine can be proved dead from here (``register_engine`` proves some)."""
@@ -704,9 +761,13 @@ class PostgresStorage:
             timeout = max(0.0, poll_at - time.monotonic())
             if self._notify and listener.conn is None:
                 timeout = min(timeout, max(0.0, listener.retry_at - time.monotonic()))
+            bell = threading.Event()
+            self._dozers.add(bell)
             try:
-                readable = await doze(self._bell, timeout, fd=fd, limiter=self._doze_limiter)
+                readable = await doze(bell, timeout, fd=fd, limiter=self._doze_limiter)
             finally:
+                self._dozers.discard(bell)
+                bell.set()  # a doze thread left behind by a cancellation ends now
                 if fd is not None:
                     listener.reading = False
             self._check_open()
@@ -745,7 +806,8 @@ class PostgresStorage:
         listener.retry_at = time.monotonic() + listener.backoff
         listener.backoff = min(listener.backoff * 2, _RECONNECT_MAX)
         if conn is not None:
-            trio.lowlevel.notify_closing(listener.fd)
+            # No notify_closing here: nobody waits on the socket now (the reader
+            # is the caller), and libpq may have closed it, its number reused.
             try:
                 conn.close()
             except Exception:  # pragma: no cover - closing a broken connection
@@ -756,22 +818,40 @@ class PostgresStorage:
         import psycopg
 
         listener = self._listener
+        lock = threading.Lock()
+        made: list[psycopg.Connection[Any]] = []
+        abandoned = False
 
-        def connect() -> psycopg.Connection[Any]:
+        def connect() -> None:
             conn = self._connect(psycopg, f"{self._application_name} listener")
             try:
                 conn.execute(f"LISTEN {_CHANNEL}")
             except BaseException:
                 conn.close()
                 raise
-            return conn
+            with lock:
+                if abandoned:  # the waiter was cancelled meanwhile: nobody takes it
+                    conn.close()
+                else:
+                    made.append(conn)
 
         try:
-            conn = await trio.to_thread.run_sync(connect)
+            # Abandoned on cancellation: an engine must not wait out a connect
+            # timeout (the server down) to react to its doorbell.
+            await trio.to_thread.run_sync(connect, abandon_on_cancel=True)
         except (StorageError, psycopg.Error):
             listener.retry_at = time.monotonic() + listener.backoff
             listener.backoff = min(listener.backoff * 2, _RECONNECT_MAX)
             return False
+        except trio.Cancelled:
+            with lock:
+                abandoned = True
+                leftover, made[:] = made[:], []
+            for conn in leftover:  # connected just as we were cancelled
+                conn.close()
+            raise
+        with lock:
+            conn = made.pop()
         if listener is not self._listener:  # closed (or reopened) meanwhile
             conn.close()
             return False
@@ -783,8 +863,8 @@ class PostgresStorage:
     def _bump(self) -> None:
         """A change that may give some engine work: wake ``wait_for_change``."""
         self._changes += 1
-        bell, self._bell = self._bell, threading.Event()
-        bell.set()
+        for dozer in self._dozers:
+            dozer.set()
 
     async def _hint(self) -> None:
         """Tell the other engines, coalesced: one NOTIFY in flight, one more if changes came."""

@@ -174,21 +174,27 @@ def create(
     ttl: float,
     created_at: datetime,
 ) -> datetime | None:
-    """Insert the run (and its timers); the lease's expiry when ``owner`` is given."""
+    """Insert the run (and its timers); the lease's expiry when ``owner`` is given.
+
+    One statement when the run has no timers (the usual case), else one transaction.
+    """
     run_id = instance.run_id
-    with conn.transaction():
-        found = conn.execute(
-            q("insert_run"), {**row, "owner": owner, "now": now, "ttl": ttl}
-        ).fetchone()
-        if found is None:
-            if conn.execute(q("run_exists"), {"run_id": run_id}).fetchone() is not None:
-                raise ValueError(f"a run with run_id {run_id!r} exists already")
-            key = instance.unique_key
-            holder = conn.execute(q("live_holder"), {"unique_key": key}).fetchone()
-            if key is None or holder is None:  # pragma: no cover - the holder ended meanwhile
-                raise ValueError(f"run {run_id!r} could not be inserted; retry the create")
-            raise UniqueViolation(key, holder[0], holder[1])
-        _insert_timers(conn, run_id, instance.timers, created_at)
+    params = {**row, "owner": owner, "now": now, "ttl": ttl}
+    if instance.timers:
+        with conn.transaction():
+            found = conn.execute(q("insert_run"), params).fetchone()
+            if found is not None:
+                _insert_timers(conn, run_id, instance.timers, created_at)
+    else:
+        found = conn.execute(q("insert_run"), params).fetchone()
+    if found is None:
+        if conn.execute(q("run_exists"), {"run_id": run_id}).fetchone() is not None:
+            raise ValueError(f"a run with run_id {run_id!r} exists already")
+        key = instance.unique_key
+        holder = conn.execute(q("live_holder"), {"unique_key": key}).fetchone()
+        if key is None or holder is None:  # pragma: no cover - the holder ended meanwhile
+            raise ValueError(f"run {run_id!r} could not be inserted; retry the create")
+        raise UniqueViolation(key, holder[0], holder[1])
     expires: datetime | None = found[0]
     return None if expires is None else utc(expires)
 
@@ -203,38 +209,48 @@ def write(
     add_timers: Sequence[TimerRecord],
     created_at: datetime,
 ) -> list[Wakeup]:
-    """The fenced write and its wakeup changes, in one transaction."""
-    run_id = lease.run_id
-    fenced = {**row, "owner": lease.owner, "epoch": lease.epoch}
+    """The fenced write and its wakeup changes, atomically.
+
+    One statement for the usual transition (nothing consumed, no timer added);
+    a transaction when a consumed wakeup may be missing or timers are inserted.
+    """
     terminal = instance.status.is_terminal
+    wanted = list(dict.fromkeys(consume))  # a seq named twice is consumed once
+    timers = [] if terminal else list(add_timers)
+    if not wanted and not timers:
+        _fenced_write(conn, lease, instance, row, wanted)
+        return []
     with conn.transaction():
-        written = conn.execute(q("end_run" if terminal else "write_run"), fenced).fetchone()
-        if written is None:
-            held = conn.execute(q("held_key"), fenced).fetchone()
-            if held is None:
-                raise LeaseLost(run_id, lease.owner, lease.epoch)
-            raise ValueError(
-                f"run {run_id!r}: its identity is fixed at create (unique_key {held[0]!r}, "
-                f"id {held[1]!r}, workflow {held[2]!r} version {held[3]}); a write cannot "
-                "change it"
-            )
-        wanted = list(dict.fromkeys(consume))  # a seq named twice is consumed once
-        if wanted:
-            deleted = {
-                int(seq)
-                for (seq,) in conn.execute(q("consume_wakeups"), {"run_id": run_id, "seqs": wanted})
-            }
-            for seq in wanted:
-                if seq not in deleted:
-                    raise WakeupGone(run_id, seq)
-        if terminal:
-            conn.execute(q("delete_run_wakeups"), {"run_id": run_id})
-            return []
-        conn.execute(
-            q("drop_stale_timers"),
-            {"run_id": run_id, "waiting": sorted(instance.waiting_steps)},
+        _fenced_write(conn, lease, instance, row, wanted)
+        return _insert_timers(conn, lease.run_id, timers, created_at)
+
+
+def _fenced_write(
+    conn: Conn, lease: Lease, instance: Instance, row: Mapping[str, Any], wanted: list[int]
+) -> None:
+    run_id = lease.run_id
+    fenced = {
+        **row,
+        "owner": lease.owner,
+        "epoch": lease.epoch,
+        "seqs": wanted,
+        "waiting": sorted(instance.waiting_steps),
+    }
+    statement = "end_run" if instance.status.is_terminal else "write_run"
+    written = conn.execute(q(statement), fenced).fetchone()
+    if written is None:
+        held = conn.execute(q("held_key"), fenced).fetchone()
+        if held is None:
+            raise LeaseLost(run_id, lease.owner, lease.epoch)
+        raise ValueError(
+            f"run {run_id!r}: its identity is fixed at create (unique_key {held[0]!r}, "
+            f"id {held[1]!r}, workflow {held[2]!r} version {held[3]}); a write cannot "
+            "change it"
         )
-        return _insert_timers(conn, run_id, add_timers, created_at)
+    deleted = {int(seq) for seq in written[1]}
+    for seq in wanted:
+        if seq not in deleted:
+            raise WakeupGone(run_id, seq)  # the caller's transaction rolls back
 
 
 def delete(conn: Conn, run_id: str) -> None:
@@ -324,10 +340,16 @@ def next_wake(conn: Conn, owner: str, workflows: Collection[WorkflowKey] | None)
 # -- engines ---------------------------------------------------------------------
 
 
-def register_engine(conn: Conn, row: Mapping[str, Any], *, now: datetime | None) -> list[str]:
-    """Register; returns the engines found dead (same host and pid), whose leases lapse now."""
+def register_engine(
+    conn: Conn, row: Mapping[str, Any], *, now: datetime | None, alive_here: Sequence[str]
+) -> list[str]:
+    """Register; returns the engines found dead (same host and pid), whose leases lapse now.
+
+    ``alive_here``: engines registered by this process, which share its host and pid.
+    """
     with conn.transaction():
-        dead = [engine_id for (engine_id,) in conn.execute(q("same_host_and_pid"), row)]
+        found = conn.execute(q("same_host_and_pid"), {**row, "alive_here": list(alive_here)})
+        dead = [engine_id for (engine_id,) in found]
         if dead:
             conn.execute(q("expire_owners"), {"owners": dead, "now": now})
         conn.execute(q("register_engine"), {**row, "now": now})

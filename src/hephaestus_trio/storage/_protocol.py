@@ -23,7 +23,10 @@ Time: every method that compares leases or due times takes ``now`` (a
 timezone-aware datetime) from the caller. On one machine (memory, SQLite)
 that is the engine's wall clock, which follows Trio's clock, so tests under
 ``trio.testing.MockClock`` expire leases and fire timers in virtual time. Lease
-lengths are durations (``ttl`` seconds), never absolute times.
+lengths are durations (``ttl`` seconds), never absolute times. A backend shared
+by several machines may keep time by its own clock instead (``PostgresStorage``
+with ``clock="database"``, its default: the server's ``now()`` decides every
+lease and due time, and ``now`` is then only metadata).
 
 Capabilities a backend states with class attributes:
 

@@ -60,7 +60,10 @@ WITH added AS (
 SELECT * FROM added ORDER BY seq;
 
 -- write_run --
--- The fenced write of a live state: only under the stored lease and identity.
+-- The fenced write of a live state, in ONE statement: only under the stored lease and
+-- identity; with it, the consumed wakeups go and the timers of steps no longer parked
+-- (never one being consumed). No row back: the lease is lost. The seqs consumed come
+-- back (fewer than asked: WakeupGone, and the caller's transaction rolls back).
 WITH run AS (
     UPDATE hephaestus_runs SET status = %(status)s, updated_at = %(updated_at)s
     WHERE run_id = %(run_id)s AND owner = %(owner)s AND lease_epoch = %(epoch)s
@@ -68,13 +71,24 @@ WITH run AS (
         AND unique_key IS NOT DISTINCT FROM %(unique_key)s::text
         AND id = %(id)s AND workflow = %(workflow)s AND workflow_version = %(workflow_version)s
     RETURNING run_id
+), document AS (
+    UPDATE hephaestus_documents AS d SET instance = %(instance)s
+    FROM run WHERE d.run_id = run.run_id
+    RETURNING d.run_id
+), consumed AS (
+    DELETE FROM hephaestus_wakeups
+    WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::bigint[]) AND EXISTS (SELECT 1 FROM run)
+    RETURNING seq
+), stale AS (
+    DELETE FROM hephaestus_wakeups
+    WHERE run_id = %(run_id)s AND kind = 'timer' AND NOT (step = ANY(%(waiting)s::text[]))
+        AND NOT (seq = ANY(%(seqs)s::bigint[])) AND EXISTS (SELECT 1 FROM run)
 )
-UPDATE hephaestus_documents AS d SET instance = %(instance)s
-FROM run WHERE d.run_id = run.run_id
-RETURNING d.run_id;
+SELECT run_id, ARRAY(SELECT seq FROM consumed) FROM document;
 
 -- end_run --
--- The fenced write of a terminal state: it also ends the lease for good.
+-- The fenced write of a terminal state, in ONE statement: it ends the lease for good and
+-- deletes every wakeup of the run; the seqs asked to be consumed that existed come back.
 WITH run AS (
     UPDATE hephaestus_runs SET
         status = %(status)s,
@@ -87,31 +101,22 @@ WITH run AS (
         AND unique_key IS NOT DISTINCT FROM %(unique_key)s::text
         AND id = %(id)s AND workflow = %(workflow)s AND workflow_version = %(workflow_version)s
     RETURNING run_id
+), document AS (
+    UPDATE hephaestus_documents AS d SET instance = %(instance)s
+    FROM run WHERE d.run_id = run.run_id
+    RETURNING d.run_id
+), ended AS (
+    DELETE FROM hephaestus_wakeups
+    WHERE run_id = %(run_id)s AND EXISTS (SELECT 1 FROM run)
+    RETURNING seq
 )
-UPDATE hephaestus_documents AS d SET instance = %(instance)s
-FROM run WHERE d.run_id = run.run_id
-RETURNING d.run_id;
+SELECT run_id, ARRAY(SELECT seq FROM ended WHERE seq = ANY(%(seqs)s::bigint[])) FROM document;
 
 -- held_key --
 -- After a fenced write changed nothing: the stored identity if the lease is held.
 SELECT unique_key, id, workflow, workflow_version FROM hephaestus_runs
 WHERE run_id = %(run_id)s AND owner = %(owner)s AND lease_epoch = %(epoch)s
     AND status IN ('pending', 'running', 'waiting');
-
--- consume_wakeups --
--- Delete applied wakeups of the run; the seqs deleted come back.
-DELETE FROM hephaestus_wakeups
-WHERE run_id = %(run_id)s AND seq = ANY(%(seqs)s::bigint[])
-RETURNING seq;
-
--- delete_run_wakeups --
--- Remove every pending wakeup of one run (a terminal write).
-DELETE FROM hephaestus_wakeups WHERE run_id = %(run_id)s;
-
--- drop_stale_timers --
--- Delete the timer wakeups of steps no longer parked.
-DELETE FROM hephaestus_wakeups
-WHERE run_id = %(run_id)s AND kind = 'timer' AND NOT (step = ANY(%(waiting)s::text[]));
 
 -- get_run --
 -- One run's JSON document and its pending timers (step, event, due_at), in seq order.
@@ -233,9 +238,11 @@ ON CONFLICT (engine_id) DO UPDATE SET
     info = excluded.info;
 
 -- same_host_and_pid --
--- Other engines registered with the new engine's host and pid: that process is gone.
+-- Engines registered with the new engine's host and pid that are not engines of this
+-- very process (:alive_here): their process is gone, its pid reused by the new one.
 DELETE FROM hephaestus_engines
 WHERE host = %(host)s AND pid = %(pid)s AND engine_id <> %(engine_id)s
+    AND NOT (engine_id = ANY(%(alive_here)s::text[]))
 RETURNING engine_id;
 
 -- expire_owners --
