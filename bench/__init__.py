@@ -117,11 +117,15 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def _fmt_spread(value: float, spread: tuple[float, float] | None, unit: str) -> str:
+    """``value`` with the range of its repeats in brackets, both in the value's unit."""
     text = _fmt(value, unit)
     if spread is None or spread[0] == spread[1]:
         return text
-    low, high = (_fmt(v, unit).split(" ")[0] for v in spread)
-    return f"{text} ({low}-{high})"
+    number, shown_unit = text.split(" ", 1)
+    scale = {"us": 1e6, "ms": 1e3}.get(shown_unit, 1.0)
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    low, high = (f"{v * scale:,.{decimals}f}" for v in spread)
+    return f"{number} {shown_unit} ({low}-{high})"
 
 
 def format_rows(rows: Sequence[Row]) -> str:
