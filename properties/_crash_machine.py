@@ -199,7 +199,7 @@ class AuditedStorage:
     def _audit_write(self, lease: Lease, new: Instance) -> None:
         """Before a fenced write: the state only moves forward."""
         where = f"run {new.id} ({new.run_id})"
-        steps = [e.step for e in new.execution_history]
+        steps = [e.step for e in new.completions]
         if len(set(steps)) != len(steps):
             self.violations.append(f"{where}: a step completed twice in history {steps}")
         old = self.persisted.get(new.run_id)
@@ -795,7 +795,7 @@ def replay(run: Instance, workflow: type[Workflow]) -> Instance:
     if run.status is Status.PENDING:
         return inst
     inst = advance(inst, workflow=workflow, at=run.created_at)
-    for entry in run.execution_history:
+    for entry in run.completions:
         at = entry.timestamp
         inst = complete_step(
             inst,
@@ -824,7 +824,7 @@ def timer_events(workflow: type[Workflow], step: str) -> frozenset[str]:
 def check_history_follows_script(run: Instance, workflow: type[Workflow]) -> None:
     """Each completion is what the step's script says (or a timer's ``timeout``)."""
     outcomes = outcomes_of(run)
-    for entry in run.execution_history:
+    for entry in run.completions:
         outcome = outcomes[entry.step]
         cls = workflow.definition().steps[entry.step]
         allowed = {outcome.event} | timer_events(workflow, entry.step)
@@ -848,7 +848,7 @@ def check_against_reference(run: Instance, workflow: type[Workflow]) -> None:
     """
     definition = workflow.definition()
     outcomes = outcomes_of(run)
-    delivered = {e.step: e.event for e in run.execution_history}
+    delivered = {e.step: e.event for e in run.completions}
     reference_outcomes = {}
     for key, outcome in outcomes.items():
         outcome = attrs.evolve(outcome, fail=False)

@@ -487,7 +487,7 @@ class CrashResumeMachine(RuleBasedStateMachine):
             top[run_id] = epoch
             assert owners.setdefault((run_id, epoch), owner) == owner, (run_id, epoch)
         for run in self.snap.runs:
-            steps = [e.step for e in run.execution_history]
+            steps = [e.step for e in run.completions]
             assert len(steps) == len(set(steps)), ("a step completed twice", run)
 
     @invariant()
@@ -519,7 +519,7 @@ class CrashResumeMachine(RuleBasedStateMachine):
             check_history_follows_script(run, wf)
             assert run.completed_steps == again.completed_steps, (run, again)
             assert run.context.steps == again.context.steps, (run, again)
-            assert len({e.step for e in run.execution_history}) == len(run.execution_history)
+            assert len({e.step for e in run.completions}) == len(run.completions)
             if run.status is Status.COMPLETED:
                 assert again.status is Status.COMPLETED, (run, again)
                 continue

@@ -67,14 +67,14 @@ def test_every_run_reaches_a_terminal_status_within_a_bound(
 def test_without_failures_every_run_completes(wf: type[Workflow], data: st.DataObject) -> None:
     trace = play(wf, data, failures=False)
     assert trace[-1].status is Status.COMPLETED
-    assert trace[-1].execution_history[-1].step == DONE
+    assert trace[-1].completions[-1].step == DONE
 
 
 @given(wf=workflows(), data=st.data())
 def test_no_step_completes_twice(wf: type[Workflow], data: st.DataObject) -> None:
     """(b) Each completion is recorded once and the completed set matches the history."""
     for inst in play(wf, data):
-        steps = [entry.step for entry in inst.execution_history]
+        steps = [entry.step for entry in inst.completions]
         assert len(steps) == len(set(steps))
         assert set(steps) == inst.completed_steps
         assert not (inst.completed_steps & inst.active_steps)

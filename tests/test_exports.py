@@ -108,14 +108,17 @@ def test_pure_engine_facade_has_the_spec_functions() -> None:
 
 DECISIONS = (
     "Decision",
+    "apply_attempt_failure",
     "apply_cancel",
     "apply_crash",
     "apply_result",
     "apply_resume",
     "apply_timer",
     "can_still_run",
+    "check_definition",
     "choose_resume_step",
     "give_up",
+    "next_attempt",
 )
 """The decision functions the running engine and ``testing.run_script`` share."""
 
@@ -142,6 +145,31 @@ def test_every_error_derives_from_hephaestus_error() -> None:
     for error in errors:
         assert issubclass(error, hephaestus_trio.HephaestusError), error
     assert issubclass(hephaestus_trio.WorkflowDefinitionError, TypeError)
+    assert issubclass(hephaestus_trio.InvalidValue, ValueError)
+    assert issubclass(hephaestus_trio.WaitTimeout, TimeoutError)
+
+
+FAILURES_AND_UPGRADES = {
+    "DefinitionMismatch",
+    "DefinitionShape",
+    "EngineStatistics",
+    "FAILED_ATTEMPT",
+    "InvalidValue",
+    "TRACEBACK_FRAMES",
+    "TRACEBACK_LIMIT",
+    "WaitTimeout",
+}
+"""Names of failures an operator can act on, safe upgrades and engine statistics."""
+
+
+def test_failure_and_upgrade_names_are_public_and_documented() -> None:
+    assert set(FAILURES_AND_UPGRADES) <= set(hephaestus_trio.__all__)
+    for name in FAILURES_AND_UPGRADES:
+        value = getattr(hephaestus_trio, name)
+        if isinstance(value, type):
+            assert value.__doc__, name
+    assert hephaestus_trio.FAILED_ATTEMPT == ""
+    assert (hephaestus_trio.TRACEBACK_FRAMES, hephaestus_trio.TRACEBACK_LIMIT) == (30, 8192)
 
 
 def test_importing_the_package_does_not_import_testing_or_hypothesis() -> None:
@@ -163,8 +191,10 @@ def test_importing_the_package_does_not_import_testing_or_hypothesis() -> None:
 FINAL = (
     "Complete",
     "Context",
+    "DefinitionShape",
     "Edge",
     "Engine",
+    "EngineStatistics",
     "ErrorRecord",
     "Event",
     "ExecutionEntry",

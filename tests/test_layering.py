@@ -10,8 +10,9 @@
   ``trio.testing``), and the storage conformance checks race tasks on purpose.
   So is the one module of the PostgreSQL driver that must: a cancelled query
   is stopped from a *shielded* cancel scope (an unshielded await there would
-  itself be cancelled and leave the query running), and the thread-free
-  LISTEN wait races the socket against a local doorbell in a nursery.
+  itself be cancelled and leave the query running), the thread-free LISTEN
+  wait races the socket against a local doorbell in a nursery, and NOTIFY
+  hints are sent by a system task off the callers' path.
 """
 
 from __future__ import annotations

@@ -10,16 +10,20 @@ __all__ = [
     "AlreadyRunning",
     "AmbiguousInstance",
     "Backpressure",
+    "DefinitionMismatch",
     "EngineClosed",
     "HephaestusError",
     "InstanceNotFound",
     "InstanceRestarted",
+    "InvalidArgument",
     "InvalidResume",
+    "InvalidValue",
     "LeaseLost",
     "NotCancellable",
     "StorageError",
     "UndeclaredEvent",
     "UnknownWorkflow",
+    "WaitTimeout",
     "WorkflowDefinitionError",
 ]
 
@@ -180,3 +184,91 @@ class LeaseLost(HephaestusError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.run_id, self.owner, self.epoch))
+
+
+class InvalidValue(HephaestusError, ValueError):
+    """A value given to the library is out of range or of the wrong kind.
+
+    Raised at once, where the value is given (a ``RetryPolicy`` field, a
+    ``Unique`` scope, a delay, a timeout, an option of ``open_engine``), so a
+    bad value never reaches a run. The message names the value, says what is
+    allowed and what to change. It is also a ``ValueError``, so code written
+    with ``except ValueError`` keeps working.
+    """
+
+
+class InvalidArgument(InvalidValue):
+    """A value the caller passed cannot be used; nothing was read or changed.
+
+    Raised for bad storage query arguments (``limit``, ``after``,
+    ``created_after``) and bad command-line options (``--status``, ``--since``,
+    ``--after``). An ``InvalidValue`` (so also a ``ValueError``) with the parts
+    of its message as attributes: ``name`` is the argument or option, ``value``
+    what was given and ``allowed`` what would have been accepted, so the
+    message tells the caller what to do instead.
+    """
+
+    def __init__(self, name: str, value: object, allowed: str) -> None:
+        self.name = name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{name}: {value!r} is not allowed; expected {allowed}")
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.value, self.allowed))
+
+
+class WaitTimeout(HephaestusError, TimeoutError):
+    """``engine.wait(..., timeout=...)`` gave up before the run ended; the run goes on.
+
+    ``status`` is the run's status when the wait gave up (``running``,
+    ``waiting``...): waiting does not change the run, so wait again, or
+    inspect it with ``engine.get``. It is also a ``TimeoutError``.
+    """
+
+    def __init__(self, instance_id: str, run_id: str, status: str, timeout: float) -> None:
+        self.instance_id = instance_id
+        self.run_id = run_id
+        self.status = status
+        self.timeout = timeout
+        super().__init__(
+            f"run {instance_id!r} (run_id {run_id}) did not end within {timeout}s; it is "
+            f"still {status}: wait again or inspect it with engine.get({instance_id!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.run_id, self.status, self.timeout))
+
+
+class DefinitionMismatch(HephaestusError):
+    """A run's workflow was changed in place: the registered definition is not the run's.
+
+    A run records a fingerprint and a summary of its workflow's definition
+    (steps, events, transitions) when it starts. An engine whose class under
+    the same name and version has another definition refuses to drive the
+    run: driving it could activate steps that do not exist or skip ones that
+    do. The run is left untouched. The fix is never to edit a version with
+    runs in flight: restore the old definition as its own version and
+    register it beside the new one (see ``docs/upgrading.md``).
+
+    ``changes`` lists what differs, e.g. ``"missing step 'ship'"`` (the run's
+    definition had it, the registered one has not) or ``"added transition
+    'pack' --ok--> 'ship'"``.
+    """
+
+    def __init__(
+        self, instance_id: str, workflow: str, version: int, changes: tuple[str, ...]
+    ) -> None:
+        self.instance_id = instance_id
+        self.workflow = workflow
+        self.version = version
+        self.changes = changes
+        super().__init__(
+            f"run {instance_id!r} started with another definition of workflow {workflow!r} "
+            f"version {version} than the one registered now ({'; '.join(changes)}); the run "
+            "was left untouched: register the old definition as its own version beside the "
+            "new one (versions={...}) so that runs in flight keep their definition"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.instance_id, self.workflow, self.version, self.changes))

@@ -1,8 +1,9 @@
 """An application's engine in a child process: ``python _engine_child.py DB READY``.
 
-It runs the ``Approval`` workflow of ``flows.py`` (imported from this folder),
-creates the file ``READY`` once its engine is open, and runs until killed
-(or for ``LIFETIME`` seconds, so a child whose test died never lingers).
+It runs the ``Approval``, ``Broken`` and ``Lingering`` workflows of
+``flows.py`` (imported from this folder), creates the file ``READY`` once its
+engine is open, and runs until killed (or for ``LIFETIME`` seconds, so a child
+whose test died never lingers).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 import trio
-from flows import Approval, Lingering
+from flows import Approval, Broken, Lingering
 
 from hephaestus_trio import SQLiteStorage, open_engine
 
@@ -20,7 +21,7 @@ LIFETIME = 60.0
 
 async def main(db: Path, ready: Path) -> None:
     storage = SQLiteStorage(db)
-    async with open_engine(storage, workflows=[Approval, Lingering], lease_renewal=0.5):
+    async with open_engine(storage, workflows=[Approval, Broken, Lingering], lease_renewal=0.5):
         ready.write_text("ready")
         await trio.sleep(LIFETIME)
 

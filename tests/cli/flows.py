@@ -13,7 +13,17 @@ from typing import Any
 
 import trio
 
-from hephaestus_trio import Complete, Context, Done, Instance, Step, Unique, WaitForEvent, Workflow
+from hephaestus_trio import (
+    Complete,
+    Context,
+    Done,
+    Instance,
+    RetryPolicy,
+    Step,
+    Unique,
+    WaitForEvent,
+    Workflow,
+)
 
 STEP_LOG = "HEPHAESTUS_TEST_STEP_LOG"
 
@@ -69,3 +79,21 @@ class Lingering(Workflow, unique=Unique(key="lingering"), name="tests.cli.Linger
 
     start_at = Linger
     transitions = {(Linger, "ok"): Done}
+
+
+class Explode(Step):
+    """A bug: looks up a key that is not there, on every attempt (two, quickly)."""
+
+    events = ("ok",)
+    retry = RetryPolicy(max_attempts=2, backoff="constant", base=0.01)
+
+    async def execute(self, instance: Instance, config: Any, context: Context) -> str:
+        record(instance, "explode")
+        return str({}["missing"])
+
+
+class Broken(Workflow, unique=Unique(key="broken"), name="tests.cli.Broken"):
+    """explode (always raises KeyError) -> done: a run that fails with a crash."""
+
+    start_at = Explode
+    transitions = {(Explode, "ok"): Done}

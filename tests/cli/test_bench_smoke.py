@@ -27,3 +27,22 @@ def test_quick_bench_prints_every_row(
     keys = [line.split("|")[1].strip() for line in table[1:]]
     assert keys == ["a", "a", "b", "b", "c", "c", "d", "e", "e", "f"]
     assert "open_engine recovering 500 parked, sqlite" in out
+
+
+def test_quick_reads_bench_prints_every_ratio(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    reads = importlib.import_module("bench.reads")
+    assert reads.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ")]
+    assert [cells[0].strip() for cells in rows[1:]] == [
+        "summary() vs query() of every run, counted in Python",
+        "keyset page of 100 at the middle vs the first page",
+        "OFFSET page of 100 at the middle vs the keyset page",
+        "500 creates + 2 writes each, schema 4 vs without its 2 indexes",
+    ]
+    ratios = [float(cells[3]) for cells in rows[1:]]
+    assert all(ratio > 0 for ratio in ratios)
+    assert ratios[0] < 1  # summary() never loads a run: far cheaper than loading them all

@@ -171,7 +171,7 @@ def test_list_filters_by_status_and_workflow(capsys: pytest.CaptureFixture[str],
         capsys, "list", "--storage", url(db), "--workflow", "tests.cli.Approval", "--json"
     )
     assert code == 0
-    assert sorted(item["id"] for item in json.loads(out)) == [
+    assert sorted(item["id"] for item in json.loads(out)["runs"]) == [
         "approval::a1",
         "approval::a2",
         "approval::a3",
@@ -189,7 +189,7 @@ def test_show_prints_state_and_history(capsys: pytest.CaptureFixture[str], db: P
     run_id = get(db, "approval::a1").run_id
     code, out, _ = run_cli(capsys, "show", run_id, "--storage", url(db), "--json")
     assert code == 0
-    assert json.loads(out)["id"] == "approval::a1"
+    assert json.loads(out)["run"]["id"] == "approval::a1"
 
 
 @pytest.mark.parametrize("command", ["show", "resume", "cancel"])

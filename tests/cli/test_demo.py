@@ -6,6 +6,7 @@ Also the example script, which runs the same workflow definition.
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -23,9 +24,14 @@ pytestmark = pytest.mark.slow
 
 
 def run_demo(cwd: Path, *args: str) -> str:
+    # This tree's sources, whatever the environment's PYTHONPATH (a relative one
+    # would not reach them from cwd) or installed copy: the test reads the
+    # database back with this tree's code.
+    path = os.pathsep.join([str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
     result = subprocess.run(
         [sys.executable, "-m", "hephaestus_trio", "demo", *args],
         cwd=cwd,
+        env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
         text=True,
         timeout=120,

@@ -150,7 +150,8 @@ def test_list_and_show_work_in_a_read_only_folder(
     assert "running:    prepare" in out
     code, out, _ = run_cli(capsys, "list", "--storage", url(db), "--json")
     assert code == 0
-    assert sorted(item["id"] for item in json.loads(out)) == ["approval::a1", "approval::a2"]
+    listed = json.loads(out)["runs"]
+    assert sorted(item["id"] for item in listed) == ["approval::a1", "approval::a2"]
     assert db.read_bytes() == before
     assert sorted(p.name for p in db.parent.iterdir()) == ["cli.db"]
 

@@ -157,7 +157,8 @@ class Flaky(Recorded):
 
     step_key = "flaky"
     factor = 17
-    retry = RetryPolicy(max_attempts=2, backoff="constant", base=0.01)
+    # Failed attempts are persisted: a run killed during attempt 2 keeps counting.
+    retry = RetryPolicy(max_attempts=4, backoff="constant", base=0.01)
 
     async def execute(self, instance: Instance, config: Any, context: Any) -> Complete:
         seen = SETTINGS.crashes.setdefault((instance.id, self.step_key), 0)

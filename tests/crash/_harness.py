@@ -190,7 +190,7 @@ async def reference(scenario: str) -> dict[str, Instance]:
 
 
 def history(inst: Instance) -> list[tuple[str, str]]:
-    return [(e.step, e.event) for e in inst.execution_history]
+    return [(e.step, e.event) for e in inst.completions]
 
 
 def assert_recovered(
@@ -211,10 +211,10 @@ def assert_recovered(
         # One completion per step, the same ones as the reference (fan-outs may
         # complete their branches in either order).
         assert sorted(history(got)) == sorted(history(ref))
-        assert max(Counter(e.step for e in got.execution_history).values()) == 1
+        assert max(Counter(e.step for e in got.completions).values()) == 1
         assert got.timers == ()
         mine = [line for line in lines if line.instance == run.id]
-        for step in {e.step for e in old.execution_history}:
+        for step in {e.step for e in old.completions}:
             again = [line for line in mine if line.step == step and line.pid == me]
             assert not again, f"{run.id}: {step} completed before the kill and ran again"
         for step in got.completed_steps & RECORDING:

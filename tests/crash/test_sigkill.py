@@ -91,8 +91,8 @@ async def test_kill_during_fan_out(crash: Crash) -> None:
     assert executions(child, "fanout::a1", "join") == (0, 1)
 
 
-async def test_retry_attempts_count_from_one_again_after_a_crash(crash: Crash) -> None:
-    """Attempts are not persisted: a restarted step gets a fresh retry budget."""
+async def test_retry_attempts_continue_the_count_after_a_crash(crash: Crash) -> None:
+    """Failed attempts are persisted as they happen: a restart continues the count."""
     expected = await reference("retry")
     child = crash("retry")
     await child.wait_for([*app.blocking_markers("retry"), "ready"])
@@ -100,15 +100,23 @@ async def test_retry_attempts_count_from_one_again_after_a_crash(crash: Crash) -
 
     before = await persisted(child.db, child.runs)
     assert before["retrying::a1"].running_steps == {"flaky"}
+    # Attempt 1 crashed and was written before attempt 2 started (and was killed).
+    [failed] = before["retrying::a1"].failed_attempts("flaky")
+    assert failed.attempt == 1
+    assert failed.error is not None
+    assert "first attempt in this process" in (failed.error.traceback or "")
 
     after = await restart(child)
 
     assert_recovered(child, before, after, expected)
-    # max_attempts=2, yet four executions in all: two before the kill
-    # (crash, then the blocked attempt 2) and two after it, again counted 1, 2.
+    # Four executions in all: two before the kill (crash, then the blocked
+    # attempt 2) and two after it. Attempt 2 never ended, so it is made again
+    # under its number (crash), then attempt 3 succeeds: the count went on.
     assert executions(child, "retrying::a1", "flaky") == (2, 2)
-    [entry] = [e for e in after["retrying::a1"].execution_history if e.step == "flaky"]
-    assert entry.attempt == 2
+    run = after["retrying::a1"]
+    [entry] = [e for e in run.completions if e.step == "flaky"]
+    assert entry.attempt == 3
+    assert [e.attempt for e in run.failed_attempts("flaky")] == [1, 2]
 
 
 async def test_kill_while_parked(crash: Crash) -> None:

@@ -66,7 +66,18 @@ def make_flaky_flow(policy: RetryPolicy, crashes: int, key: str) -> type[Workflo
 
 
 def history(inst: Instance) -> list[tuple[str, str, int]]:
-    return [(e.step, e.event, e.attempt) for e in inst.execution_history]
+    """The completions (failed attempts are in the history too, with ``error`` set)."""
+    return [(e.step, e.event, e.attempt) for e in inst.completions]
+
+
+def failures(inst: Instance, step: str) -> list[tuple[int, str, str | None]]:
+    """``(attempt, kind, exception type)`` of each failed attempt of ``step``, in order."""
+    out = []
+    for entry in inst.failed_attempts(step):
+        assert entry.error is not None
+        assert entry.event == ""
+        out.append((entry.attempt, entry.error.kind, entry.error.exception_type))
+    return out
 
 
 @pytest.mark.parametrize(
@@ -98,6 +109,11 @@ async def test_crash_then_success_waits_the_backoff(autojump_clock, kind, base, 
     assert final.status is Status.COMPLETED
     assert final.error is None
     assert history(final) == [("flaky", "done", attempts), ("done", "done", 1)]
+    assert failures(final, "flaky") == [(k, "crash", "ConnectionError") for k in range(1, attempts)]
+    # In the history in order: every failed attempt, then the completion.
+    assert [e.attempt for e in final.execution_history if e.step == "flaky"] == list(
+        range(1, attempts + 1)
+    )
     assert final.context.steps == {"flaky": {"attempts": attempts}}
 
 
@@ -112,7 +128,8 @@ async def test_max_backoff_caps_every_wait(autojump_clock):
 
     assert [t - t0 for t in ATTEMPTS[iid]] == [0, 10, 25, 40]
     assert final.status is Status.COMPLETED
-    assert final.execution_history[0].attempt == 4
+    assert final.completions[0].attempt == 4
+    assert [e.attempt for e in final.failed_attempts("flaky")] == [1, 2, 3]
 
 
 async def test_exhausted_retries_fail_the_run(autojump_clock):
@@ -133,7 +150,17 @@ async def test_exhausted_retries_fail_the_run(autojump_clock):
     assert error.attempt == 3
     assert error.exception_type == "ConnectionError"
     assert "flaky attempt 3" in str(error)
-    assert final.execution_history == ()
+    assert error.traceback is not None
+    assert "ConnectionError: flaky attempt 3" in error.traceback
+    assert "in execute" in error.traceback
+    assert final.completions == ()
+    assert failures(final, "flaky") == [
+        (1, "crash", "ConnectionError"),
+        (2, "crash", "ConnectionError"),
+        (3, "crash", "ConnectionError"),
+    ]
+    last = final.execution_history[-1]
+    assert last.error == error  # the failing attempt is the last entry, with the run's error
     assert final.active_steps == frozenset()
     assert "done" not in final.completed_steps
 
@@ -210,7 +237,10 @@ async def test_step_timeout_fails_the_run(autojump_clock):
     assert final.error.kind == "timeout"
     assert final.error.step == "slow"
     assert final.error.attempt == 1
-    assert final.execution_history == ()
+    assert final.error.traceback is not None
+    assert "TooSlowError" in final.error.traceback
+    assert final.completions == ()
+    assert failures(final, "slow") == [(1, "timeout", "trio.TooSlowError")]
 
 
 async def test_timed_out_attempts_count_against_the_retry_budget(autojump_clock):
@@ -255,7 +285,8 @@ async def test_timeout_then_success_on_retry(autojump_clock):
         assert trio.current_time() - t0 == 10  # 5 (timed out) + 1 (backoff) + 4
 
     assert final.status is Status.COMPLETED
-    assert final.execution_history[0].attempt == 2
+    assert final.completions[0].attempt == 2
+    assert failures(final, "slow_then_fast") == [(1, "timeout", "trio.TooSlowError")]
 
 
 # -- Fail: a business failure, never retried -----------------------------------------------
@@ -355,5 +386,5 @@ async def test_retrying_branch_does_not_hold_up_its_sibling(autojump_clock):
     assert [t - t0 for t in ATTEMPTS[iid]] == [0, 10, 20]
     assert final.status is Status.COMPLETED
     assert final.context.steps["steady"] == {"at": t0 + 1}
-    entries: dict[str, Any] = {e.step: e.attempt for e in final.execution_history}
+    entries: dict[str, Any] = {e.step: e.attempt for e in final.completions}
     assert entries == {"fork": 1, "steady": 1, "shaky": 3, "gather": 1, "done": 1}

@@ -448,14 +448,14 @@ async def test_notifies_are_coalesced(postgres_dsn: str) -> None:
             async with trio.open_nursery() as nursery:
                 for batch in range(10):
                     nursery.start_soon(resumes, batch)
-            sent = storage.notifies_sent
+        sent = storage.notifies_sent  # closing sent the last hint first
         received = 0
         for _ in listener.notifies(timeout=2.0, stop_after=sent):
             received += 1
     finally:
         listener.close()
     assert received == sent, "every NOTIFY sent arrived"
-    assert 1 <= sent <= 500, f"{sent} NOTIFYs for 1000 wakeups: not coalesced"
+    assert 1 <= sent <= 250, f"{sent} NOTIFYs for 1000 wakeups: not coalesced"
 
 
 # -- races between storages (engines on several machines) --------------------------

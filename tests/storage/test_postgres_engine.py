@@ -83,9 +83,11 @@ async def test_two_engines_share_the_work_and_each_step_runs_once(postgres_dsn: 
 
 
 async def test_a_resume_through_one_engine_is_applied_by_the_other(postgres_dsn: str) -> None:
+    # The owner polls rarely: it hears of the resume by NOTIFY. The other engine
+    # notices the run's end by its poll (no NOTIFY is sent when a run ends).
     async with (
         open_engine(PostgresStorage(postgres_dsn, poll_interval=30), [Approval]) as owner,
-        open_engine(PostgresStorage(postgres_dsn, poll_interval=30), [Approval]) as other,
+        open_engine(PostgresStorage(postgres_dsn, poll_interval=0.5), [Approval]) as other,
     ):
         iid = await owner.start_instance(Approval, id="approval::1")
         with trio.fail_after(30):

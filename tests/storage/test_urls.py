@@ -40,6 +40,7 @@ def test_memory_urls(url: str) -> None:
         ("postgresql://db/app?pool_size=many", "pool_size='many' is not valid"),
         ("postgresql://db/app?pool_size=0", "pool_size must be a positive integer"),
         ("postgresql://db/app?clock=wall", "clock='wall' is not valid"),
+        ("postgresql://db/app?notify_interval=-1", "notify_interval must be a number"),
         ("sqlite://app.db", "malformed SQLite URL"),
         ("sqlite:///", "names no database file"),
         ("sqlite:///:memory:", "names no database file"),
@@ -66,9 +67,9 @@ async def test_a_url_storage_opens(tmp_path: Path) -> None:
         ("postgres://db:5433/app", "postgres://db:5433/app", {}),
         ("postgresql+psycopg://user@db/app", "postgresql://user@db/app", {}),
         (
-            "postgresql://db/app?sslmode=require&notify=off&poll_interval=0.25",
+            "postgresql://db/app?sslmode=require&notify=off&poll_interval=0.25&notify_interval=0",
             "postgresql://db/app?sslmode=require",
-            {"_notify": False, "_poll_interval": 0.25},
+            {"_notify": False, "_poll_interval": 0.25, "_notify_interval": 0.0},
         ),
         (
             "POSTGRESQL://db/app?pool_size=3&clock=caller",
@@ -81,7 +82,13 @@ def test_postgres_urls(url: str, dsn: str, options: dict[str, object]) -> None:
     storage = storage_from_url(url)
     assert isinstance(storage, PostgresStorage)
     assert storage.dsn == dsn
-    defaults = {"_notify": True, "_poll_interval": 1.0, "_pool_size": 10, "_clock": "database"}
+    defaults = {
+        "_notify": True,
+        "_poll_interval": 1.0,
+        "_notify_interval": 0.05,
+        "_pool_size": 10,
+        "_clock": "database",
+    }
     for name, value in (defaults | options).items():
         assert getattr(storage, name) == value, name
 

@@ -15,8 +15,9 @@ import trio
 
 from .._errors import HephaestusError
 from ._backup import cmd_backup
-from ._commands import CLIError, cmd_cancel, cmd_graph, cmd_list, cmd_resume, cmd_show
+from ._commands import CLIError, cmd_cancel, cmd_graph, cmd_resume
 from ._engines import cmd_engines
+from ._inspect import cmd_list, cmd_show, cmd_stats
 from ._parser import build_parser
 
 __all__ = ["main"]
@@ -46,6 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     handlers = {
         "list": cmd_list,
         "show": cmd_show,
+        "stats": cmd_stats,
         "resume": cmd_resume,
         "cancel": cmd_cancel,
         "engines": cmd_engines,
@@ -56,8 +58,10 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``hephaestus-trio`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
-    Exit status: 0 success, 1 the demo ended unexpectedly, 2 a usage error, an
-    unknown id or a refused call (reported in one line on stderr), 130 Ctrl-C.
+    Exit status: 0 success, 1 the demo ended unexpectedly, 2 a usage error (a
+    bad option value such as an unknown status, a bad ``--since`` or a bad
+    cursor is an ``InvalidArgument``), an unknown id or a refused call
+    (reported in one line on stderr), 130 Ctrl-C.
     """
     parser = build_parser()
     try:

@@ -1,15 +1,14 @@
-"""The commands ``graph``, ``list``, ``show``, ``resume`` and ``cancel``.
+"""The commands ``graph``, ``resume`` and ``cancel``, and the helpers every command shares.
 
-``list`` and ``show`` only read the storage. ``resume`` and ``cancel`` run no
-engine and never execute step code: they validate against the stored run and
-add a wakeup row, which the engine that owns the run applies (an
-application's engine running on the same storage notices it within its poll
-interval). A cancel of a run nobody owns is applied here, with one fenced
+The read commands (``list``, ``show``, ``stats``) are in ``_inspect.py``.
+``resume`` and ``cancel`` run no engine and never execute step code: they
+validate against the stored run and add a wakeup row, which the engine that
+owns the run applies (an application's engine running on the same storage
+notices it within its poll interval). A cancel of a run nobody owns is applied here, with one fenced
 write under a lease of the command's own.
 
-The five commands share their argument handling, error translation and
-storage opening, so they live together, a little over the house aim of 400
-lines.
+The commands share their argument handling, error translation and storage
+opening, which live here.
 """
 
 from __future__ import annotations
@@ -29,10 +28,15 @@ from typing import Any
 
 import trio
 
-from .._errors import AmbiguousInstance, InstanceNotFound, NotCancellable, UnknownWorkflow
+from .._errors import (
+    AmbiguousInstance,
+    HephaestusError,
+    InstanceNotFound,
+    NotCancellable,
+    UnknownWorkflow,
+)
 from ..core._instance import Instance, Status
 from ..core._json import check_json_safe
-from ..core._serialization import dumps
 from ..core._workflow import Workflow, get_workflow
 from ..runtime._calls import cancel_directly, request_cancel, resume_run
 from ..storage import SQLiteStorage, Storage, storage_from_url
@@ -42,16 +46,16 @@ __all__ = [
     "CLIError",
     "cmd_cancel",
     "cmd_graph",
-    "cmd_list",
     "cmd_resume",
-    "cmd_show",
+    "find_run",
     "format_table",
     "import_module",
     "open_storage",
+    "short_workflow",
 ]
 
 
-class CLIError(Exception):
+class CLIError(HephaestusError):
     """A user error the command line reports in one line (exit status 2)."""
 
 
@@ -73,12 +77,12 @@ def _stamp(value: datetime) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
 
 
-def _short_workflow(name: str) -> str:
+def short_workflow(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
 def _matches_workflow(instance: Instance, workflow: str | None) -> bool:
-    return workflow is None or workflow in (instance.workflow, _short_workflow(instance.workflow))
+    return workflow is None or workflow in (instance.workflow, short_workflow(instance.workflow))
 
 
 def import_module(spec: str) -> ModuleType:
@@ -155,7 +159,7 @@ def open_storage(url: str, *, read_only: bool = False) -> Storage:
     return storage
 
 
-async def _find_run(storage: Storage, id: str, workflow: str | None) -> tuple[Instance, int]:
+async def find_run(storage: Storage, id: str, workflow: str | None) -> tuple[Instance, int]:
     """(the live run of ``id``, else its latest, number of runs); ``id`` may be a run id."""
     runs = [i for i in await storage.query(id=id) if _matches_workflow(i, workflow)]
     if not runs:
@@ -191,7 +195,7 @@ def _describe(instance: Instance) -> str:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    """Print ``MODULE:Workflow`` as ASCII or Mermaid."""
+    """Print ``MODULE:Workflow`` as ASCII, Mermaid or (``--json``) its steps and edges."""
     module_name, colon, attribute = str(args.target).rpartition(":")
     if not colon or not module_name or not attribute:
         raise CLIError(
@@ -206,84 +210,13 @@ def cmd_graph(args: argparse.Namespace) -> int:
             raise CLIError(f"module {module_name!r} has no attribute {attribute!r}") from None
     if not (isinstance(obj, type) and issubclass(obj, Workflow)):
         raise CLIError(f"{args.target!r} is {obj!r}, not a Workflow class")
+    if args.json:
+        from ._views import graph_view
+
+        print(json.dumps(graph_view(obj), indent=2))
+        return 0
     text = obj.to_mermaid() if args.format == "mermaid" else obj.to_ascii()
     sys.stdout.write(text)
-    return 0
-
-
-# -- list / show -----------------------------------------------------------------------
-
-
-async def cmd_list(args: argparse.Namespace) -> int:
-    """Print the runs matching ``--status`` and ``--workflow``, oldest first."""
-    async with open_storage(args.storage, read_only=True) as storage:
-        runs = await storage.query(status=args.status)
-    runs = [i for i in runs if _matches_workflow(i, args.workflow)]
-    if args.json:
-        print(json.dumps([json.loads(dumps(i)) for i in runs], indent=2))
-        return 0
-    if not runs:
-        print("no runs match")
-        return 0
-    rows = [
-        (
-            i.id,
-            _short_workflow(i.workflow),
-            i.workflow_version,
-            i.status.value,
-            ", ".join(sorted(i.active_steps)) or "-",
-            _stamp(i.updated_at),
-        )
-        for i in runs
-    ]
-    print(format_table(("ID", "WORKFLOW", "V", "STATUS", "ACTIVE", "UPDATED"), rows))
-    print(f"{len(runs)} run(s)")
-    return 0
-
-
-async def cmd_show(args: argparse.Namespace) -> int:
-    """Print one run: status, steps, timers, error, context and history."""
-    async with open_storage(args.storage, read_only=True) as storage:
-        instance, count = await _find_run(storage, args.id, args.workflow)
-    if args.json:
-        print(json.dumps(json.loads(dumps(instance)), indent=2))
-        return 0
-    i = instance
-    fields = [
-        ("id", i.id),
-        (
-            "run",
-            i.run_id + (f"  ({count} runs share this id; showing this one)" if count > 1 else ""),
-        ),
-        ("workflow", f"{i.workflow} (version {i.workflow_version})"),
-        ("status", i.status.value),
-        ("created", _stamp(i.created_at)),
-        ("updated", _stamp(i.updated_at)),
-        ("running", ", ".join(sorted(i.running_steps)) or "-"),
-        ("parked", ", ".join(sorted(i.waiting_steps)) or "-"),
-        ("completed", ", ".join(sorted(i.completed_steps)) or "-"),
-    ]
-    for timer in i.timers:
-        fields.append(("timer", f"{timer.step} <- {timer.event!r} at {_stamp(timer.fire_at)}"))
-    if i.error is not None:
-        fields.append(("error", str(i.error)))
-    fields.append(("context", json.dumps(dict(i.context.initial), sort_keys=True)))
-    for key, updates in i.context.steps.items():
-        fields.append((f"  {key}", json.dumps(dict(updates), sort_keys=True)))
-    if i.runtime_metadata:
-        fields.append(("metadata", json.dumps(dict(i.runtime_metadata), sort_keys=True)))
-    width = max(len(name) for name, _ in fields)
-    for name, value in fields:
-        print(f"{name + ':':<{width + 1}}  {value}")
-    print()
-    if i.execution_history:
-        rows = [
-            (n, _stamp(e.timestamp), e.step, e.event, e.attempt)
-            for n, e in enumerate(i.execution_history, 1)
-        ]
-        print(format_table(("#", "AT", "STEP", "EVENT", "ATTEMPT"), rows))
-    else:
-        print("no step has completed yet")
     return 0
 
 
@@ -321,7 +254,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     progress = Progress()
     progress.source = "resume"
     async with open_storage(args.storage) as storage:
-        run, _ = await _find_run(storage, args.id, args.workflow)
+        run, _ = await find_run(storage, args.id, args.workflow)
         now = datetime.now(UTC)
         recorded = await resume_run(
             storage,
@@ -376,7 +309,7 @@ async def cmd_cancel(args: argparse.Namespace) -> int:
     """Cancel a live run: a request its owner applies, or one direct write if it has none."""
     import_workflows(args.workflow_modules)
     async with open_storage(args.storage) as storage:
-        run, _ = await _find_run(storage, args.id, args.workflow)
+        run, _ = await find_run(storage, args.id, args.workflow)
         if not run.status.is_live:
             raise NotCancellable(run.id, run.status.value)
         now = datetime.now(UTC)

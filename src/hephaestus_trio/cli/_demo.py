@@ -282,7 +282,7 @@ async def run_demo(db: str, count: int) -> int:
             (
                 iid,
                 outcome,
-                len(inst.execution_history),
+                len(inst.completions),
                 progress.step_starts[iid],
                 "yes" if ok else f"NO (expected {expected})",
                 "; ".join(notes) or "-",

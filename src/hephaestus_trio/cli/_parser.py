@@ -105,7 +105,7 @@ def configure_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
 def configure_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "graph",
-        help="draw a workflow as Mermaid or ASCII",
+        help="draw a workflow as Mermaid or ASCII (or print its graph as JSON)",
         description="Import MODULE and print the graph of its workflow class.",
     )
     parser.add_argument(
@@ -119,25 +119,66 @@ def configure_graph_parser(sub: argparse._SubParsersAction[argparse.ArgumentPars
         default="ascii",
         help="output format (default: ascii)",
     )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the versions, steps and edges as JSON instead (see the CLI docs)",
+    )
 
 
 def configure_list_parser(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
 ) -> None:
     parser = sub.add_parser(
-        "list", parents=[storage], help="list runs", description="List runs, oldest first."
+        "list",
+        parents=[storage],
+        help="list runs, oldest first, one page at a time",
+        description=(
+            "List runs, oldest first (by creation time, then run id), one page at a time. "
+            "After a full page the command prints the cursor of the next one (--after); "
+            "pages are keyset-paged, so runs that start meanwhile never shift or repeat a "
+            "page. Read-only: safe while engines run on the same storage."
+        ),
     )
     parser.add_argument(
         "--status",
-        choices=[s.value for s in Status],
-        help="only runs with this status",
+        metavar="STATUS",
+        action="append",
+        help=(
+            "only runs with this status: "
+            f"{', '.join(s.value for s in Status)}; repeatable, or comma-separated "
+            "(--status waiting,running)"
+        ),
     )
     parser.add_argument(
         "--workflow",
         metavar="NAME",
-        help="only runs of this workflow (registry name or class name)",
+        help="only runs of this workflow (registry name, or class name when it is unique)",
     )
-    parser.add_argument("--json", action="store_true", help="print a JSON array of instances")
+    parser.add_argument(
+        "--since",
+        metavar="WHEN",
+        help=(
+            "only runs created at or after WHEN: an ISO date or date-time (UTC unless it has "
+            "an offset: 2026-12-01, 2026-12-01T08:30+02:00) or a duration before now "
+            "(90s, 15m, 2h, 7d, 1w, 1h30m)"
+        ),
+    )
+    parser.add_argument(
+        "--limit",
+        metavar="N",
+        help="runs per page (default: 100)",
+    )
+    parser.add_argument(
+        "--after",
+        metavar="CURSOR",
+        help="the next page: the cursor the previous page printed",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"runs": [...], "next_cursor": ...} (see the CLI docs for every key)',
+    )
 
 
 def configure_show_parser(
@@ -146,15 +187,42 @@ def configure_show_parser(
     parser = sub.add_parser(
         "show",
         parents=[storage],
-        help="show one run with its history",
+        help="show one run: state, failure and traceback, failed attempts, history",
         description=(
             "Show the live run of ID (a business id like orderid::abc, or a run id), "
-            "else its most recent run."
+            "else its most recent run: its steps, timers and pending wakeups, the failure "
+            "(type, message, kind, step, attempt) with its traceback, the failed attempts "
+            "and the execution history. Read-only: safe while engines run."
         ),
     )
     parser.add_argument("id", metavar="ID")
     parser.add_argument("--workflow", metavar="NAME", help="choose among runs sharing ID")
-    parser.add_argument("--json", action="store_true", help="print the instance as JSON")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"run": ..., "failure": ..., "failed_attempts": [...], "wakeups": [...]}',
+    )
+
+
+def configure_stats_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], storage: argparse.ArgumentParser
+) -> None:
+    parser = sub.add_parser(
+        "stats",
+        parents=[storage],
+        help="counts by workflow and status, the oldest waiting run, timers due",
+        description=(
+            "Count runs by workflow and status, name the oldest waiting run and its age, "
+            "and count the timers due now (a steady non-zero count means no engine fires "
+            "them) and when the next one is due. Computed by the storage from indexes, "
+            "without loading any run; read-only and safe while engines run."
+        ),
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print the counts as JSON (see the CLI docs for every key)",
+    )
 
 
 def configure_backup_parser(
@@ -267,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     configure_graph_parser(sub)
     configure_list_parser(sub, storage)
     configure_show_parser(sub, storage)
+    configure_stats_parser(sub, storage)
     configure_resume_parser(sub, storage)
     configure_cancel_parser(sub, storage)
     configure_backup_parser(sub, storage)

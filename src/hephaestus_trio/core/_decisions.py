@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeAlias, final
 
 import attrs
 
-from .._errors import HephaestusError, InvalidResume, UndeclaredEvent
+from .._errors import DefinitionMismatch, HephaestusError, InvalidResume, UndeclaredEvent
 from ._engine import (
     _dead_checker,
     activate_transitions,
@@ -41,7 +41,14 @@ from ._engine import (
     park,
 )
 from ._graph import Definition
-from ._instance import ErrorRecord, Instance, TimerRecord
+from ._instance import (
+    FAILED_ATTEMPT,
+    ErrorRecord,
+    ExecutionEntry,
+    Instance,
+    TimerRecord,
+    format_traceback,
+)
 from ._json import check_json_safe
 from ._policies import RestartPolicy
 from ._step import Complete, Fail, StepResult, Suspend
@@ -50,17 +57,20 @@ from ._workflow import Workflow
 __all__ = [
     "Decision",
     "Outcome",
+    "apply_attempt_failure",
     "apply_cancel",
     "apply_crash",
     "apply_result",
     "apply_resume",
     "apply_timer",
     "can_still_run",
+    "check_definition",
     "choose_resume_step",
     "give_up",
+    "next_attempt",
 ]
 
-Outcome: TypeAlias = Literal["completed", "parked", "failed", "cancelled", "ignored"]
+Outcome: TypeAlias = Literal["completed", "parked", "failed", "cancelled", "retrying", "ignored"]
 """What an input did to the run (see ``Decision.outcome``)."""
 
 
@@ -73,8 +83,9 @@ class Decision:
     """The new state to persist (the argument itself when ``outcome == "ignored"``)."""
     outcome: Outcome
     """``completed`` (the step completed; the run may have completed too: read
-    ``instance.status``), ``parked``, ``failed``, ``cancelled`` or ``ignored``
-    (the input no longer applies; nothing to write)."""
+    ``instance.status``), ``parked``, ``failed``, ``cancelled``, ``retrying``
+    (a failed attempt was recorded; the step runs again) or ``ignored`` (the
+    input no longer applies; nothing to write)."""
     timers: tuple[TimerRecord, ...] = ()
     """Timer records to add in the same write (a ``Suspend(after=...)`` park)."""
     event: str | None = None
@@ -96,7 +107,8 @@ def _undeclared(
     inst: Instance, step: str, event: str, declared: tuple[str, ...], at: datetime
 ) -> Decision:
     exc = UndeclaredEvent(step, event, declared)
-    return _failed(inst, ErrorRecord.from_exception("undeclared_event", step, exc), at, step)
+    error = ErrorRecord.from_exception("undeclared_event", step, exc, with_traceback=False)
+    return _failed(inst, error, at, step)
 
 
 def _complete(
@@ -128,10 +140,12 @@ def _complete(
         new = activate_transitions(new, step, event, at=at, workflow=workflow)
         new = check_completion(new, workflow=workflow, at=at)
     except UndeclaredEvent as exc:
-        return _failed(inst, ErrorRecord.from_exception("undeclared_event", step, exc), at, step)
+        error = ErrorRecord.from_exception("undeclared_event", step, exc, with_traceback=False)
+        return _failed(inst, error, at, step)
     except HephaestusError as exc:
         # A route returned a target it does not declare (WorkflowDefinitionError).
-        return _failed(inst, ErrorRecord.from_exception("definition", step, exc), at, step)
+        error = ErrorRecord.from_exception("definition", step, exc, with_traceback=False)
+        return _failed(inst, error, at, step)
     except Exception as exc:
         # JSON-unsafe updates or a route function that raised: deterministic,
         # so the run fails rather than retrying something that cannot succeed.
@@ -205,6 +219,41 @@ def apply_result(
     raise TypeError(f"step {step!r}: expected Complete, Suspend or Fail, got {result!r}")
 
 
+def _failed_attempt(
+    inst: Instance, step: str, error: ErrorRecord, attempt: int, at: datetime
+) -> Instance:
+    entry = ExecutionEntry(
+        step=step, event=FAILED_ATTEMPT, timestamp=at, attempt=attempt, error=error
+    )
+    return attrs.evolve(inst, execution_history=(*inst.execution_history, entry), updated_at=at)
+
+
+def apply_attempt_failure(
+    inst: Instance,
+    step: str,
+    exc: BaseException,
+    *,
+    attempt: int,
+    timed_out: bool,
+    at: datetime,
+) -> Decision:
+    """Record that ``attempt`` of running ``step`` raised ``exc`` and will be retried.
+
+    The failed attempt is appended to ``execution_history`` (``error`` set,
+    ``event == ""``) -> ``retrying``; nothing else changes, so the step stays
+    running and its next attempt is ``next_attempt(...)``. Persisting this is
+    what makes the attempt count survive a restart. A terminal run, or a step
+    that is not running, gives ``ignored``.
+    """
+    if inst.is_terminal or step not in inst.running_steps:
+        return _ignored(inst, step)
+    kind = "timeout" if timed_out else "crash"
+    error = ErrorRecord.from_exception(kind, step, exc, attempt)
+    return Decision(
+        instance=_failed_attempt(inst, step, error, attempt, at), outcome="retrying", step=step
+    )
+
+
 def apply_crash(
     inst: Instance,
     step: str,
@@ -214,15 +263,61 @@ def apply_crash(
     timed_out: bool,
     at: datetime,
 ) -> Decision:
-    """Fail the run because ``step`` raised ``exc`` on its last allowed ``attempt``.
+    """Fail the run because ``step`` raised ``exc`` on ``attempt`` and gives up.
 
-    ``kind`` is ``"timeout"`` when the attempt timed out, else ``"crash"``.
+    It gives up when the attempt was its last allowed one, or at once when
+    its ``RetryPolicy`` does not retry ``exc`` (``retry_on``/``give_up_on``).
+    ``kind`` is ``"timeout"`` when the attempt timed out, else ``"crash"``;
+    the error keeps the attempt number and the bounded traceback, and the
+    failed attempt is appended to ``execution_history`` in the same state.
     A terminal run gives ``ignored``.
     """
     if inst.is_terminal:
         return _ignored(inst, step)
     kind = "timeout" if timed_out else "crash"
-    return _failed(inst, ErrorRecord.from_exception(kind, step, exc, attempt), at, step)
+    error = ErrorRecord.from_exception(kind, step, exc, attempt)
+    recorded = inst
+    if step in inst.running_steps:
+        recorded = _failed_attempt(inst, step, error, attempt, at)
+    return _failed(recorded, error, at, step)
+
+
+def next_attempt(inst: Instance, step: str) -> int:
+    """The number of the next attempt of ``step``: one more than its failed attempts so far.
+
+    Failed attempts are persisted as they happen, so a run recovered after a
+    crash in the middle of retries continues the count instead of starting
+    again at 1 (and its ``RetryPolicy`` budget is not granted twice).
+    """
+    return len(inst.failed_attempts(step)) + 1
+
+
+def check_definition(inst: Instance, workflow: type[Workflow]) -> None:
+    """Refuse to drive ``inst`` with ``workflow`` if the run started with another definition.
+
+    Runs stored before fingerprints existed (``definition_fingerprint is None``)
+    are trusted. The comparison is of fingerprints; the error names the
+    differences from the shape the run recorded.
+
+    Raises:
+        DefinitionMismatch: the registered definition under the run's name and
+            version differs from the run's (the message lists what changed and
+            says to register the old version beside the new one).
+    """
+    recorded = inst.definition_fingerprint
+    if recorded is None or workflow.is_dispatcher():
+        return
+    if recorded == workflow.definition_fingerprint():
+        return
+    current = workflow.definition_shape()
+    changes = (
+        current.changes_from(inst.definition_shape) if inst.definition_shape is not None else ()
+    )
+    if not changes:
+        changes = (
+            f"fingerprint {recorded} recorded, {workflow.definition_fingerprint()} registered",
+        )
+    raise DefinitionMismatch(inst.id, inst.workflow, inst.workflow_version, changes)
 
 
 def _deliver(
@@ -333,7 +428,10 @@ def give_up(
     )
     # The bare class name, as the supervisor has always recorded it.
     error = ErrorRecord(
-        kind="restart_limit", message=message, exception_type=type(crash).__qualname__
+        kind="restart_limit",
+        message=message,
+        exception_type=type(crash).__qualname__,
+        traceback=format_traceback(crash),
     )
     return _failed(inst, error, at, None)
 

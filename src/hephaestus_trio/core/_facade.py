@@ -12,7 +12,7 @@ import contextvars
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._errors import EngineClosed
+from .._errors import EngineClosed, InvalidValue
 from ._unique import build_id, validate_value
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class FacadeMixin:
         """The id of ``value`` (a business value, or an id this workflow already built).
 
         Raises:
-            ValueError: the value is not ``[a-z0-9]+`` or a UUID.
+            InvalidValue: the value is not ``[a-z0-9]+`` or a UUID (a ``ValueError``).
         """
         unique = cls.unique  # type: ignore[attr-defined]
         prefix = f"{unique.key}::"
@@ -92,7 +92,7 @@ class FacadeMixin:
             validate_value(parts[0])
             return value
         if unique.scope == "none":
-            raise ValueError(
+            raise InvalidValue(
                 f"{cls.__name__} uses scope 'none': pass the full id returned by start(), "
                 f"not the bare value {value!r}"
             )

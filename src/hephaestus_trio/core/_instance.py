@@ -8,6 +8,7 @@ step keys (strings) everywhere.
 from __future__ import annotations
 
 import enum
+import traceback
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -15,19 +16,34 @@ from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
+from .._errors import InvalidValue
 from ._json import check_json_safe
+from ._shape import DefinitionShape
 
 if TYPE_CHECKING:
     from ._workflow import Workflow
 
 __all__ = [
+    "FAILED_ATTEMPT",
+    "TRACEBACK_FRAMES",
+    "TRACEBACK_LIMIT",
     "Context",
     "ErrorRecord",
     "ExecutionEntry",
     "Instance",
     "Status",
     "TimerRecord",
+    "check_mapping",
+    "format_traceback",
 ]
+
+FAILED_ATTEMPT = ""
+"""``ExecutionEntry.event`` of a failed attempt (its ``error`` is set): no event was emitted."""
+
+TRACEBACK_FRAMES = 30
+"""``ErrorRecord.traceback`` keeps the innermost this many frames of each exception."""
+TRACEBACK_LIMIT = 8192
+"""``ErrorRecord.traceback`` is at most this many characters; longer ones lose their middle."""
 
 
 class Status(enum.Enum):
@@ -53,13 +69,13 @@ class Status(enum.Enum):
 
     @classmethod
     def coerce(cls, value: Status | str) -> Status:
-        """Accept a member or its string value; raise ``ValueError`` naming the choices."""
+        """Accept a member or its string value; raise ``InvalidValue`` naming the choices."""
         if isinstance(value, Status):
             return value
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(
+            raise InvalidValue(
                 f"unknown status {value!r}; expected one of {[s.value for s in cls]}"
             ) from None
 
@@ -69,7 +85,10 @@ def _utc(value: datetime) -> datetime:
     if value.tzinfo is UTC:
         return value
     if value.tzinfo is None:
-        raise ValueError(f"datetimes must be timezone-aware UTC, got naive {value!r}")
+        raise InvalidValue(
+            f"datetimes must be timezone-aware UTC, got naive {value!r}; pass e.g. "
+            "datetime.now(UTC)"
+        )
     return value.astimezone(UTC)
 
 
@@ -87,20 +106,33 @@ class Context:
 @final
 @attrs.frozen(kw_only=True)
 class ExecutionEntry:
-    """One completed step, in the order completions happened."""
+    """One completed step, or one failed attempt of a step, in the order they happened.
+
+    A *completion* has ``error is None``: the step emitted ``event``. A *failed
+    attempt* has ``error`` set (why it failed, with the traceback), its
+    ``attempt`` number and ``event == FAILED_ATTEMPT`` (the empty string): the
+    step raised or timed out. ``Instance.completions`` keeps only completions.
+    """
 
     step: str
     """Step key."""
     event: str
-    """Event the step emitted (or was resumed with)."""
+    """Event the step emitted (or was resumed with); ``""`` for a failed attempt."""
     timestamp: datetime = attrs.field(converter=_utc)
     """When the completion was applied, UTC."""
     context_updates: Mapping[str, Any] | None = None
     """The updates stored at ``context.steps[step]``, if any."""
     attempt: int = 1
-    """Which attempt succeeded (1 unless retried)."""
+    """Which attempt succeeded, or failed (attempts count from 1 and survive restarts)."""
     wakeup: int | None = None
     """``seq`` of the resume or timer wakeup whose delivery completed the step, if any."""
+    error: ErrorRecord | None = None
+    """For a failed attempt: why (``kind`` ``crash`` or ``timeout``); ``None`` for a completion."""
+
+    @property
+    def failed(self) -> bool:
+        """Whether this entry is a failed attempt rather than a completion."""
+        return self.error is not None
 
 
 @final
@@ -137,16 +169,30 @@ class ErrorRecord:
     """Qualified name of the exception class, for crashes."""
     attempt: int | None = None
     """The last attempt made, for step crashes."""
+    traceback: str | None = None
+    """The formatted traceback, for crashes and timeouts (``format_traceback``: the
+    innermost ``TRACEBACK_FRAMES`` frames of each chained exception, at most
+    ``TRACEBACK_LIMIT`` characters, the middle cut out with a marker line)."""
 
     @classmethod
     def from_exception(
-        cls, kind: str, step: str | None, exc: BaseException, attempt: int | None = None
+        cls,
+        kind: str,
+        step: str | None,
+        exc: BaseException,
+        attempt: int | None = None,
+        *,
+        with_traceback: bool = True,
     ) -> ErrorRecord:
         """The record of a failure caused by ``exc``.
 
-        ``message`` is ``str(exc)`` (``repr(exc)`` when that is empty) and
+        ``message`` is ``str(exc)`` (``repr(exc)`` when that is empty; a
+        ``KeyError``'s message is the ``repr`` of its key, so it reads
+        ``KeyError: 'missing'`` only together with ``exception_type``),
         ``exception_type`` its class's qualified name: the bare name for
-        builtins (``KeyError``), ``module.QualName`` otherwise.
+        builtins (``KeyError``), ``module.QualName`` otherwise, and
+        ``traceback`` the bounded formatted traceback (``with_traceback=False``
+        leaves it out, for errors raised by the library's own checks).
         """
         return cls(
             kind=kind,
@@ -154,12 +200,48 @@ class ErrorRecord:
             step=step,
             exception_type=_qualified_name(type(exc)),
             attempt=attempt,
+            traceback=format_traceback(exc) if with_traceback else None,
         )
 
     def __str__(self) -> str:
         where = f" in step {self.step!r}" if self.step else ""
         exc = f" ({self.exception_type})" if self.exception_type else ""
         return f"{self.kind}{where}: {self.message}{exc}"
+
+
+def format_traceback(exc: BaseException) -> str | None:
+    """``exc``'s formatted traceback, bounded so that a run's record stays small.
+
+    ``None`` for an exception that was never raised (it has no frames, and its
+    type and message are in the record already).
+
+    Each exception of the chain (``__cause__``/``__context__``) keeps its
+    innermost ``TRACEBACK_FRAMES`` frames (a deep recursion still shows where
+    it failed); past ``TRACEBACK_LIMIT`` characters the middle is replaced by
+    a line saying how much was cut, keeping the outermost and the innermost
+    parts, which are the ones a reader needs.
+    """
+    if exc.__traceback__ is None:
+        return None
+    text = "".join(traceback.format_exception(exc, limit=-TRACEBACK_FRAMES))
+    if len(text) <= TRACEBACK_LIMIT:
+        return text
+    marker = "\n... [{} characters cut] ...\n"
+    room = TRACEBACK_LIMIT - len(marker.format(len(text)))
+    head, tail = room // 2, room - room // 2
+    return text[:head] + marker.format(len(text) - head - tail) + text[len(text) - tail :]
+
+
+def check_mapping(argument: str, value: object) -> None:
+    """Refuse a ``context``-like argument that is not a mapping, naming it and its type."""
+    if value is not None and not isinstance(value, Mapping):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise TypeError(
+            f"{argument} must be a mapping (a dict of JSON-safe values) or None, got "
+            f"{type(value).__name__} {shown}"
+        )
 
 
 def _qualified_name(cls: type) -> str:
@@ -216,6 +298,13 @@ class Instance:
     """Durable timers currently armed."""
     error: ErrorRecord | None = None
     """Why the run failed, when it did."""
+    definition_fingerprint: str | None = None
+    """Fingerprint of the workflow definition the run started with
+    (``Workflow.definition_fingerprint()``); ``None`` for runs stored before
+    fingerprints existed, which are trusted."""
+    definition_shape: DefinitionShape | None = None
+    """Steps, events and transitions of that definition, so that a mismatch can
+    say what changed."""
     unique_key: str | None = None
     """Constraint key the storage keeps unique among live runs (None: no constraint)."""
     created_at: datetime = attrs.field(converter=_utc)
@@ -244,16 +333,24 @@ class Instance:
         determinism pass both.
 
         Raises:
-            TypeError: ``context`` is not JSON-safe (the message names the key path).
+            TypeError: ``context`` (or ``telemetry_metadata``) is not a mapping, or
+                not JSON-safe (the message names the argument, or the key path).
         """
+        check_mapping("context", context)
+        check_mapping("telemetry_metadata", telemetry_metadata)
         initial = dict(context or {})
         check_json_safe(initial, "context")
         telemetry = dict(telemetry_metadata or {})
         check_json_safe(telemetry, "telemetry_metadata")
+        shape: DefinitionShape | None = None
+        fingerprint: str | None = None
         if isinstance(workflow, str):
             name, wf_version = workflow, version or 1
         else:
             name, wf_version = workflow.name, version or workflow.version
+            if not workflow.is_dispatcher():
+                shape = workflow.definition_shape()
+                fingerprint = workflow.definition_fingerprint()
         stamp = now or datetime.now(UTC)
         return cls(
             id=id,
@@ -262,6 +359,8 @@ class Instance:
             workflow_version=wf_version,
             context=Context(initial=initial),
             telemetry_metadata=telemetry,
+            definition_fingerprint=fingerprint,
+            definition_shape=shape,
             unique_key=unique_key,
             created_at=stamp,
             updated_at=stamp,
@@ -276,3 +375,19 @@ class Instance:
     def running_steps(self) -> frozenset[str]:
         """Active steps that are not parked: the ones a runtime must execute."""
         return self.active_steps - self.waiting_steps
+
+    @property
+    def completions(self) -> tuple[ExecutionEntry, ...]:
+        """The completions of ``execution_history`` (failed attempts left out), in order."""
+        history = self.execution_history
+        if all(entry.error is None for entry in history):
+            return history
+        return tuple(entry for entry in history if entry.error is None)
+
+    def failed_attempts(self, step: str) -> tuple[ExecutionEntry, ...]:
+        """The failed attempts of ``step`` recorded so far, in order.
+
+        A step completes at most once, so these all belong to its one
+        activation; the next attempt is ``len(...) + 1``.
+        """
+        return tuple(e for e in self.execution_history if e.error is not None and e.step == step)

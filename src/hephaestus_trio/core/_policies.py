@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
+from .._errors import InvalidValue
+
 if TYPE_CHECKING:
     import random
 
@@ -21,17 +23,38 @@ _BACKOFFS = ("constant", "linear", "exponential")
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be a positive int, got {value!r}")
+        raise InvalidValue(f"{attribute.name} must be a positive int (1, 2, ...), got {value!r}")
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"{attribute.name} must be a number >= 0, got {value!r}")
+        raise InvalidValue(
+            f"{attribute.name} must be a number of seconds >= 0 (an int or a float), got {value!r}"
+        )
 
 
 def _backoff_kind(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
     if value not in _BACKOFFS:
-        raise ValueError(f"backoff must be one of {list(_BACKOFFS)}, got {value!r}")
+        raise InvalidValue(f"backoff must be one of {list(_BACKOFFS)}, got {value!r}")
+
+
+def _exception_types(value: Any) -> tuple[type[BaseException], ...]:
+    """A tuple of exception classes (a single class is accepted and wrapped)."""
+    if isinstance(value, type):
+        value = (value,)
+    if not isinstance(value, tuple | list):
+        raise InvalidValue(
+            f"expected a tuple of exception classes, got {value!r}; e.g. "
+            "retry_on=(ConnectionError, TimeoutError)"
+        )
+    result = tuple(value)
+    for item in result:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise InvalidValue(
+                f"{item!r} is not an exception class; retry_on and give_up_on hold "
+                "exception classes such as KeyError or ConnectionError"
+            )
+    return result
 
 
 @final
@@ -53,6 +76,17 @@ class RetryPolicy:
     """Upper bound of any single wait, seconds."""
     jitter: bool = False
     """Multiply each wait by a uniform factor in [0.5, 1.0] (off by default for determinism)."""
+    retry_on: tuple[type[BaseException], ...] = attrs.field(
+        default=(Exception,), converter=_exception_types
+    )
+    """Exceptions worth another attempt (``isinstance``); others fail the step at once.
+    A timed-out attempt (``Step.timeout``) is retried while the budget lasts, whatever
+    this says."""
+    give_up_on: tuple[type[BaseException], ...] = attrs.field(
+        default=(), converter=_exception_types
+    )
+    """Exceptions that fail the step at once, even if ``retry_on`` covers them
+    (``give_up_on`` wins): bugs such as ``KeyError`` or ``TypeError`` that no retry fixes."""
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` before the next one.
@@ -62,7 +96,7 @@ class RetryPolicy:
         never makes randomness itself.
 
         Raises:
-            ValueError: ``jitter`` is on and no ``rng`` was given.
+            InvalidValue: ``jitter`` is on and no ``rng`` was given.
         """
         if self.backoff == "constant":
             raw = self.base
@@ -73,13 +107,28 @@ class RetryPolicy:
         wait = min(raw, self.max_backoff)
         if self.jitter:
             if rng is None:
-                raise ValueError("RetryPolicy(jitter=True).delay() needs an rng")
+                raise InvalidValue(
+                    "RetryPolicy(jitter=True).delay() needs an rng: pass a random.Random"
+                )
             wait *= rng.uniform(0.5, 1.0)
         return float(wait)
 
-    def should_retry(self, attempt: int) -> bool:
-        """Whether failed attempt ``attempt`` leaves another try."""
-        return attempt < self.max_attempts
+    def should_retry(self, attempt: int, exc: BaseException | None = None) -> bool:
+        """Whether failed attempt ``attempt`` (raising ``exc``) leaves another try.
+
+        ``exc`` is ``None`` for a timed-out attempt, which is retried while the
+        budget lasts. An exception is retried when it is an instance of
+        ``retry_on`` and not of ``give_up_on``.
+        """
+        if attempt >= self.max_attempts:
+            return False
+        return exc is None or self.retries(exc)
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth retrying at all, budget aside (``give_up_on`` wins)."""
+        if self.give_up_on and isinstance(exc, self.give_up_on):
+            return False
+        return isinstance(exc, self.retry_on)
 
 
 @final

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, final
 
 import attrs
 
-from .._errors import WorkflowDefinitionError
+from .._errors import InvalidValue, WorkflowDefinitionError
 from ._policies import RetryPolicy
 
 if TYPE_CHECKING:
@@ -68,7 +68,10 @@ class Suspend:
             or not isinstance(self.after, int | float)
             or not self.after >= 0
         ):
-            raise ValueError(f"Suspend(after=...) must be seconds >= 0, got {self.after!r}")
+            raise InvalidValue(
+                f"Suspend(after=...) must be a number of seconds >= 0 (or None for no "
+                f"timer), got {self.after!r}"
+            )
 
 
 @final

@@ -12,7 +12,7 @@ from typing import Literal, final
 
 import attrs
 
-from .._errors import WorkflowDefinitionError
+from .._errors import InvalidValue, WorkflowDefinitionError
 
 __all__ = ["InvalidUnique", "Scope", "Unique", "build_id", "constraint_key", "validate_value"]
 
@@ -22,12 +22,13 @@ _KEY_RE = re.compile(r"^[a-z0-9]+$")
 _VALUE_RE = re.compile(r"^[a-z0-9]+$")
 
 
-class InvalidUnique(WorkflowDefinitionError, ValueError):
+class InvalidUnique(WorkflowDefinitionError, InvalidValue):
     """A ``Unique(...)`` with a bad key or scope.
 
     ``Unique`` is built inside the ``class`` statement of a workflow, so this is
     the definition-time check (7): a ``WorkflowDefinitionError`` (and, for
-    callers that build a ``Unique`` on its own, a ``ValueError``).
+    callers that build a ``Unique`` on its own, an ``InvalidValue``, so a
+    ``ValueError`` too).
     """
 
 
@@ -62,7 +63,7 @@ def validate_value(value: str) -> str:
     """Check a business value: ``[a-z0-9]+`` or a UUID (normalized to lowercase).
 
     Raises:
-        ValueError: naming the value and the accepted shapes.
+        InvalidValue: naming the value and the accepted shapes (a ``ValueError``).
     """
     if isinstance(value, str):
         if _VALUE_RE.match(value):
@@ -71,7 +72,7 @@ def validate_value(value: str) -> str:
             return str(uuid.UUID(value))
         except ValueError:
             pass
-    raise ValueError(
+    raise InvalidValue(
         f"business value {value!r} is invalid: use lowercase letters and digits "
         "([a-z0-9]+) or a UUID"
     )

@@ -12,11 +12,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
-from .._errors import UnknownWorkflow, WorkflowDefinitionError
+from .._errors import InvalidValue, UnknownWorkflow, WorkflowDefinitionError
 from ._facade import FacadeMixin
 from ._graph import Definition, Graph, RouteSpec, build_definition, parse_target
 from ._json import check_json_safe
 from ._render import render_ascii, render_mermaid
+from ._shape import DefinitionShape, shape_of
 from ._step import Step
 from ._unique import Unique, constraint_key
 
@@ -93,6 +94,8 @@ class Workflow(FacadeMixin):
     family: ClassVar[str]
     """Name shared by every version of a workflow (the dispatcher's, if any)."""
     _definition: ClassVar[Definition | None] = None
+    _shape: ClassVar[DefinitionShape | None] = None
+    _fingerprint: ClassVar[str | None] = None
 
     def __init_subclass__(
         cls,
@@ -127,6 +130,9 @@ class Workflow(FacadeMixin):
             cls.versions = None
             routes = [v for v in vars(cls).values() if isinstance(v, RouteSpec)]
             cls._definition = build_definition(label, cls.start_at, cls.transitions, routes)
+            # Once per class: every run started from it records both.
+            cls._shape = shape_of(cls._definition)
+            cls._fingerprint = cls._shape.fingerprint
         _REGISTRY[cls.name] = cls
 
     # -- introspection ---------------------------------------------------
@@ -140,6 +146,26 @@ class Workflow(FacadeMixin):
                 f"use one of its versions {sorted(cls.versions or {})}"
             )
         return cls._definition
+
+    @classmethod
+    def definition_shape(cls) -> DefinitionShape:
+        """Steps, events and transitions, as recorded with every run (not on dispatchers).
+
+        An engine compares it with a run's own before driving the run, so that a
+        workflow edited in place under the same version is refused, not misrun.
+        """
+        if cls._shape is None:
+            cls.definition()  # raises the dispatcher's TypeError
+        assert cls._shape is not None
+        return cls._shape
+
+    @classmethod
+    def definition_fingerprint(cls) -> str:
+        """The stable hash of ``definition_shape()`` (``"sha256:..."``), computed once."""
+        if cls._fingerprint is None:
+            cls.definition()
+        assert cls._fingerprint is not None
+        return cls._fingerprint
 
     @classmethod
     def is_dispatcher(cls) -> bool:
@@ -200,11 +226,12 @@ class Workflow(FacadeMixin):
         """The class a new run uses: explicit ``version``, then ``version_for``, then ``current``.
 
         Raises:
-            ValueError: ``version`` is unknown (the message lists the known ones).
+            InvalidValue: ``version`` is unknown (the message lists the known ones;
+                a ``ValueError``).
         """
         if cls.versions is None:
             if version is not None and version != cls.version:
-                raise ValueError(
+                raise InvalidValue(
                     f"{cls.__name__} has no version {version!r}; known versions: [{cls.version}]"
                 )
             return cls
@@ -214,7 +241,7 @@ class Workflow(FacadeMixin):
         if chosen is None:
             chosen = cls.current
         if chosen is None or chosen not in cls.versions:
-            raise ValueError(
+            raise InvalidValue(
                 f"{cls.__name__} has no version {chosen!r}; known versions: {sorted(cls.versions)}"
             )
         return cls.versions[chosen]
@@ -311,5 +338,6 @@ def _configure_dispatcher(
     cls.current = current
     cls.version = current
     cls._definition = None
+    cls._shape = cls._fingerprint = None
     for version_cls in versions.values():
         version_cls.family = cls.name

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .._errors import InvalidValue
 from ._events import EVENT_NAMES, Event
 
 __all__ = ["EventBus", "Handler"]
@@ -31,7 +32,7 @@ class EventBus:
         """Attach ``handler`` to ``events`` (all when ``None``); returns an unsubscribe callable.
 
         Raises:
-            ValueError: an unknown event name (the message lists the known ones).
+            InvalidValue: an unknown event name (the message lists the known ones).
         """
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
@@ -42,7 +43,7 @@ class EventBus:
             wanted = frozenset(events)
             unknown = sorted(wanted - set(EVENT_NAMES))
             if unknown:
-                raise ValueError(f"unknown event name(s) {unknown}; known: {list(EVENT_NAMES)}")
+                raise InvalidValue(f"unknown event name(s) {unknown}; known: {list(EVENT_NAMES)}")
         entry = (handler, wanted)
         self._subscriptions.append(entry)
 

@@ -71,6 +71,10 @@ async def resume_run(
 
     Shared by ``Engine.resume`` and the command line (which has no engine);
     ``workflow_for`` finds the run's workflow class (or raises).
+
+    Raises:
+        DefinitionMismatch: the run started with another definition of its
+            workflow than the one ``workflow_for`` returns (nothing recorded).
     """
     run, latest = await find_run(storage, id, workflow, matches)
     if run is None:
@@ -78,6 +82,7 @@ async def resume_run(
             return None
         raise InvalidResume(id, event, f"the instance is {latest.status.value}")
     wf = workflow_for(run)
+    decide.check_definition(run, wf)
     pending = {
         w.step
         for w in await storage.wakeups(run.run_id)

@@ -11,6 +11,13 @@ The loop ends when the run is terminal, when the run *hibernates* (every
 active step parked, nothing executing: it releases its lease and keeps no
 task, timers included, since timers are rows the engine watches), or when
 the driver's scope is cancelled (lease lost, engine closing).
+
+Before anything else, the loop checks that the registered definition is the
+one the run started with (``decide.check_definition``). If it is not, the
+run is *refused*: nothing is written (except a pending cancel request, which
+needs no definition), the error is logged, and the lease is released with
+the run offered again ``REFUSED_RETRY`` seconds later, so that an engine
+with the run's own definition registered can take it meanwhile.
 """
 
 from __future__ import annotations
@@ -23,24 +30,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from .._errors import LeaseLost
+from .._errors import DefinitionMismatch, LeaseLost
 from ..core import _decisions as decide
 from ..core import _engine as pure
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._workflow import Workflow
 from ..storage._protocol import Wakeup, WakeupGone, WakeupKind
-from ._messages import Message, Poke, StepCrashed, StepFinished
+from ._messages import AttemptFailed, Message, Poke, StepCrashed, StepFinished
 from ._runs import RunEntry
 from ._step_runner import run_step
 
 if TYPE_CHECKING:
     from ._open_engine import Engine
 
-__all__ = ["Incarnation", "StorageFault"]
+__all__ = ["REFUSED_RETRY", "Incarnation", "StorageFault"]
 
 logger = logging.getLogger("hephaestus_trio.runtime")
 
 _T = TypeVar("_T")
+
+REFUSED_RETRY = 60.0
+"""Seconds before a run refused for a definition mismatch is claimable again."""
 
 
 class StorageFault(Exception):
@@ -70,6 +80,10 @@ class Incarnation:
         self.nursery: trio.Nursery | None = None
         self.final: Instance | None = None
         self.metadata: dict[str, Any] = {}
+        self.backing_off: set[str] = set()
+        """Steps sleeping in a retry backoff now (read by ``Engine.statistics``)."""
+        self.tasks = 0
+        """Steps executing in a task of their own (not inline in the loop)."""
 
     # -- plumbing -----------------------------------------------------------
 
@@ -161,7 +175,13 @@ class Incarnation:
         self.workflow = self.engine.workflow_for(inst)
         self.metadata = self.entry.metadata = self.engine.metadata_for(inst)
         await self.refresh()
+        try:
+            decide.check_definition(inst, self.workflow)
+        except DefinitionMismatch as exc:
+            await self._refuse(exc)
+            return
         self.entry.set_interrupt(self._interrupt_steps)
+        self.entry.incarnation = self
         try:
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
@@ -188,6 +208,8 @@ class Incarnation:
                 nursery.cancel_scope.cancel()
         finally:
             self.entry.set_interrupt(None)
+            if self.entry.incarnation is self:
+                self.entry.incarnation = None
             if self.final is not None:
                 self.entry.closing = True
                 # Only the loop that wrote the terminal state announces it: once.
@@ -209,6 +231,26 @@ class Incarnation:
         await self.commit(decision.instance)
         self.entry.closing = True
         self.engine._finished(decision.instance)
+
+    async def _refuse(self, mismatch: DefinitionMismatch) -> None:
+        """Leave a run whose definition changed untouched and offer it to other engines."""
+        cancel = [w.seq for w in self.wakeups.values() if w.kind is WakeupKind.CANCEL]
+        if cancel:
+            # A cancel needs no definition: honour it rather than strand the caller.
+            decision = decide.apply_cancel(self.state, at=self.now())
+            await self.commit(decision.instance, consume=cancel[:1])
+            self.emit("instance.cancel", {})
+            self.entry.closing = True
+            self.engine._finished(decision.instance)  # workflow.stop, once
+            return
+        self.engine._refused_run(self.run_id, mismatch)
+        self.entry.closing = True
+        storage = self.engine.storage
+        lease = self.entry.lease
+        wake_at = self.engine.clock.after(REFUSED_RETRY)
+        await self.io(
+            lambda: storage.release(lease, now=self.now(), wake_at=wake_at, seen=self.seen)
+        )
 
     async def _next_message(self) -> Message | None:
         if self.inline is not None:
@@ -242,10 +284,25 @@ class Incarnation:
             )
             if decision.outcome != "ignored":
                 await self.commit(decision.instance)
+        elif isinstance(message, AttemptFailed):
+            await self._record_attempt(message)
         elif isinstance(message, Poke):
             self.entry.took_poke()
             await self.refresh()
         # None: a timer is due; _apply_wakeups runs next.
+
+    async def _record_attempt(self, message: AttemptFailed) -> None:
+        """Persist one failed attempt that will be retried (the count survives restarts)."""
+        decision = decide.apply_attempt_failure(
+            self.state,
+            message.step,
+            message.error,
+            attempt=message.attempt,
+            timed_out=message.timed_out,
+            at=self.now(),
+        )
+        if decision.outcome != "ignored":
+            await self.commit(decision.instance)
 
     async def _on_step_finished(self, message: StepFinished) -> None:
         assert self.workflow is not None
@@ -414,8 +471,12 @@ class Incarnation:
             self.nursery.start_soon(self._run_step, key, steps[key], scope)
 
     async def _run_step(self, key: str, step_cls: Any, scope: trio.CancelScope) -> None:
-        with scope:
-            await self._attempts(key, step_cls, self.entry.send.send)
+        self.tasks += 1
+        try:
+            with scope:
+                await self._attempts(key, step_cls, self.entry.send.send, self.entry.send.send)
+        finally:
+            self.tasks -= 1
         if scope.cancelled_caught:
             # Interrupted by a cancel request: the step is gone, tell the loop.
             if self.executing.get(key) is scope:
@@ -430,23 +491,47 @@ class Incarnation:
         async def keep(message: Message) -> None:
             reported.append(message)
 
+        async def record(message: AttemptFailed) -> None:
+            # The step runs in the loop task, so the loop writes its failed attempts
+            # itself, shielded from the step's scope: a cancel request interrupting
+            # the step must not cut a write whose outcome the loop would not know.
+            with trio.CancelScope(shield=True):
+                await self._record_attempt(message)
+
         with self.executing[key]:
-            await self._attempts(key, self.workflow.definition().steps[key], keep)
+            await self._attempts(key, self.workflow.definition().steps[key], keep, record)
         if not reported:
             self.executing.pop(key, None)
             return Poke()  # interrupted: re-read the wakeups (a cancel is waiting)
         return reported[0]
 
     async def _attempts(
-        self, key: str, step_cls: Any, report: Callable[[Message], Awaitable[None]]
+        self,
+        key: str,
+        step_cls: Any,
+        report: Callable[[Message], Awaitable[None]],
+        record: Callable[[AttemptFailed], Awaitable[None]],
     ) -> None:
+        inst = self.state
+        failed = inst.failed_attempts(key)  # persisted: they survive restarts
+        delay = 0.0
+        if failed:
+            # Restarted in the middle of retries: continue the count, and wait
+            # what remains of the backoff after the last failed attempt.
+            last = failed[-1]
+            wait = step_cls.retry.delay(last.attempt, self.engine.rng)
+            delay = wait - (self.now() - last.timestamp).total_seconds()
         await run_step(
             step_key=key,
             step_cls=step_cls,
             config=self.state.step_configs.get(key),
             snapshot=lambda: self.state,
             report=report,
+            record=record,
             emit=self.engine.bus.emit,
             metadata=self.metadata,
             rng=self.engine.rng,
+            first_attempt=len(failed) + 1,  # decide.next_attempt, without a second scan
+            first_delay=max(delay, 0.0),
+            backing_off=self.backing_off,
         )

@@ -7,7 +7,7 @@ import attrs
 
 from ..core._step import StepResult
 
-__all__ = ["Message", "Poke", "StepCrashed", "StepFinished"]
+__all__ = ["AttemptFailed", "Message", "Poke", "StepCrashed", "StepFinished"]
 
 
 @attrs.frozen
@@ -31,6 +31,21 @@ class StepCrashed:
 
 
 @attrs.frozen
+class AttemptFailed:
+    """A step's attempt raised (or timed out) and the step will be retried.
+
+    The loop records it in the run's history (one fenced write), so that the
+    attempt count survives a restart. The step's task goes on with its backoff
+    meanwhile; the next message about the step comes after this one.
+    """
+
+    step: str
+    error: Exception
+    attempt: int
+    timed_out: bool
+
+
+@attrs.frozen
 class Poke:
     """A doorbell: the run's wakeups may have changed in the storage; re-read them.
 
@@ -39,4 +54,4 @@ class Poke:
     """
 
 
-Message = StepFinished | StepCrashed | Poke
+Message = StepFinished | StepCrashed | AttemptFailed | Poke

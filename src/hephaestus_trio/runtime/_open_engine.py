@@ -37,15 +37,19 @@ import trio_util
 
 from .._errors import (
     AlreadyRunning,
+    DefinitionMismatch,
     EngineClosed,
     InstanceNotFound,
     InvalidResume,
+    InvalidValue,
     NotCancellable,
     UnknownWorkflow,
+    WaitTimeout,
     WorkflowDefinitionError,
 )
+from ..core import _decisions as decide
 from ..core._facade import current_engine
-from ..core._instance import Instance, Status, TimerRecord
+from ..core._instance import Instance, Status, TimerRecord, check_mapping
 from ..core._json import check_json_safe
 from ..core._policies import RestartPolicy
 from ..core._workflow import Workflow
@@ -65,6 +69,7 @@ from ._clock import WallClock
 from ._driver import drive
 from ._ownership import claim_loop, claim_now, renew_loop
 from ._runs import RunEntry
+from ._statistics import EngineStatistics
 from ._timers import TimerHandle
 
 __all__ = ["Engine", "open_engine"]
@@ -141,6 +146,8 @@ class Engine:
         # storage, and next_wake ignores runs held by this engine.
         self._reclaim_until = -math.inf
         self._closed = False
+        self._refused: dict[str, str] = {}
+        """run_id -> the mismatch that made this engine refuse it (logged once at ERROR)."""
 
     @property
     def engine_id(self) -> str:
@@ -233,11 +240,25 @@ class Engine:
         if signal is not None:
             signal.set()  # waiters re-read: the run may be terminal, or elsewhere now
 
+    def _refused_run(self, run_id: str, mismatch: DefinitionMismatch) -> None:
+        """A run's definition changed: say so loudly once, quietly when it comes back."""
+        text = str(mismatch)
+        if self._refused.get(run_id) == text:
+            logger.debug("run %s still refused: %s", run_id, text)
+            return
+        self._refused[run_id] = text
+        logger.error("run %s refused: %s", run_id, text)
+
     def _finished(self, instance: Instance) -> None:
         """Announce a terminal run; called once, by the loop that wrote the terminal state."""
         meta = self.metadata_for(instance)
+        self._refused.pop(instance.run_id, None)
         if instance.status is Status.FAILED:
-            self.bus.emit("workflow.exception", {}, {**meta, "error": str(instance.error)})
+            error = instance.error
+            extra = {"error": str(error)}
+            if error is not None and error.traceback is not None:
+                extra["traceback"] = error.traceback
+            self.bus.emit("workflow.exception", {}, {**meta, **extra})
         duration = (instance.updated_at - instance.created_at).total_seconds()
         self.bus.emit(
             "workflow.stop", {"duration": duration}, {**meta, "status": instance.status.value}
@@ -276,12 +297,18 @@ class Engine:
 
         Raises:
             AlreadyRunning: a live run holds this id in the workflow's scope.
-            ValueError: unknown ``version`` (the message lists the known ones), empty id.
-            TypeError: JSON-unsafe ``context`` (the message names the key path).
+            InvalidValue: unknown ``version`` (the message lists the known ones), empty
+                id (both are ``ValueError``s too).
+            TypeError: ``context`` is not a mapping, or is not JSON-safe (the message
+                names the argument and the type given, or the key path).
         """
         self._check_open()
         if not isinstance(id, str) or not id:
-            raise ValueError(f"id must be a non-empty string, got {id!r}")
+            raise InvalidValue(
+                f"id must be a non-empty string such as 'orderid::abc123', got {id!r}"
+            )
+        check_mapping("context", context)
+        check_mapping("telemetry_metadata", telemetry_metadata)
         self.register(workflow)
         chosen = workflow.resolve_version(version, {"id": id, "context": context})
         now = self.clock.now()
@@ -332,12 +359,14 @@ class Engine:
             Backpressure: the run has ``inbox_size`` unapplied resumes; nothing
                 was recorded.
             UnknownWorkflow: this engine was not given the run's workflow.
-            TypeError: ``payload`` is not JSON-safe (the message names the key path).
+            DefinitionMismatch: the run started with another definition of its
+                workflow than the one registered (nothing was recorded).
+            TypeError: ``payload`` is not a mapping, or is not JSON-safe (the
+                message names the type given, or the key path).
         """
         self._check_open()
         if payload is not None:
-            if not isinstance(payload, Mapping):
-                raise TypeError(f"payload must be a dict, got {type(payload).__name__}")
+            check_mapping("payload", payload)
             payload = dict(payload)
             check_json_safe(payload, "payload")
         added = await resume_run(
@@ -372,15 +401,18 @@ class Engine:
             InvalidResume: the run is terminal, the step is not parked, or it
                 does not declare ``event``.
             UnknownWorkflow: this engine was not given the run's workflow.
-            ValueError: ``delay`` is negative or not a number.
+            DefinitionMismatch: the run started with another definition of its
+                workflow than the one registered (nothing was recorded).
+            InvalidValue: ``delay`` is negative or not a number (a ``ValueError``).
         """
         self._check_open()
         if isinstance(delay, bool) or not isinstance(delay, int | float) or not delay >= 0:
-            raise ValueError(f"delay must be a number of seconds >= 0, got {delay!r}")
+            raise InvalidValue(f"delay must be a number of seconds >= 0, got {delay!r}")
         live, latest = await self._live_run(id, workflow)
         if live is None:
             raise InvalidResume(id, event, f"the instance is {latest.status.value}")
         wf = self.workflow_for(live)
+        decide.check_definition(live, wf)
         if step not in live.waiting_steps:
             raise InvalidResume(id, event, f"step {step!r} is not parked")
         if wf.step(step).resume_event(live.step_configs.get(step), event) is None:
@@ -472,7 +504,7 @@ class Engine:
         """Runs matching every given filter, oldest first.
 
         Raises:
-            ValueError: an unknown status.
+            InvalidValue: an unknown status (a ``ValueError``).
         """
         self._check_open()
         return await self.storage.query(
@@ -494,16 +526,67 @@ class Engine:
 
         Raises:
             InstanceNotFound, AmbiguousInstance: as for ``get``.
-            trio.TooSlowError: ``timeout`` seconds passed first.
+            WaitTimeout: ``timeout`` seconds passed first (the run goes on); it
+                names the run and its status then, and is a ``TimeoutError``.
+            InvalidValue: ``timeout`` is negative or not a number.
         """
         self._check_open()
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0
+        ):
+            raise InvalidValue(
+                f"timeout must be a number of seconds >= 0, or None to wait for ever; "
+                f"got {timeout!r}"
+            )
         live, latest = await self._live_run(id, workflow)
         if live is None:
             await trio.lowlevel.checkpoint()
             return latest
-        return await self._wait_run(live.run_id, timeout)
+        with trio.move_on_after(timeout if timeout is not None else math.inf) as scope:
+            return await self._wait_run(live.run_id)
+        assert scope.cancelled_caught
+        assert timeout is not None
+        current = await self.storage.get(live.run_id)
+        status = current.status.value if current is not None else "gone"
+        raise WaitTimeout(live.id, live.run_id, status, float(timeout))
 
-    async def _wait_run(self, run_id: str, timeout: float | None) -> Instance:
+    def statistics(self) -> EngineStatistics:
+        """A frozen snapshot of what this engine holds now: runs by state, tasks, leases.
+
+        Read from memory only (no storage call), so it is cheap enough for a
+        health check. Hibernating runs belong to no engine and are not counted.
+        """
+        running = parked = backing_off = steps = tasks = leases = queued = 0
+        for entry in self._runs.values():
+            tasks += 1
+            if not entry.closing and not entry.lost:
+                leases += 1
+            queued += entry.recv.statistics().current_buffer_used
+            loop = entry.incarnation
+            if loop is None or loop.inst is None:
+                continue
+            queued += len(loop.wakeups)
+            tasks += loop.tasks
+            steps += len(loop.executing)
+            if loop.executing:
+                running += 1
+            elif loop.inst.status is Status.WAITING:
+                parked += 1
+            if loop.backing_off:
+                backing_off += 1
+        return EngineStatistics(
+            runs=len(self._runs),
+            running=running,
+            parked=parked,
+            backing_off=backing_off,
+            steps=steps,
+            tasks=tasks,
+            leases=leases,
+            queued_wakeups=queued,
+            refused=len(self._refused),
+        )
+
+    async def _wait_run(self, run_id: str, timeout: float | None = None) -> Instance:
         seen = -1
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
@@ -534,8 +617,13 @@ class Engine:
         return self.bus.subscribe(handler, events)
 
     async def purge(self, older_than: timedelta | datetime) -> int:
-        """Delete terminal runs last updated before ``older_than`` (an age or a time)."""
+        """Delete terminal runs last updated before ``older_than`` (an age or a time).
+
+        Raises:
+            InvalidValue: a negative age, a naive datetime, or neither kind of value.
+        """
         self._check_open()
+        _check_age_or_time("older_than", older_than)
         cutoff = self.clock.now() - older_than if isinstance(older_than, timedelta) else older_than
         return await self.storage.purge(cutoff)
 
@@ -651,8 +739,25 @@ async def _release(store: Storage, engine: Engine | None) -> None:
 
 def _positive(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        raise InvalidValue(f"{name} must be a positive number of seconds, got {value!r}")
     return float(value)
+
+
+def _check_age_or_time(name: str, value: Any) -> None:
+    if isinstance(value, timedelta):
+        if value < timedelta(0):
+            raise InvalidValue(f"{name} must be an age >= 0 or a datetime, got {value!r}")
+        return
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidValue(
+                f"{name} must be timezone-aware (e.g. datetime.now(UTC)), got naive {value!r}"
+            )
+        return
+    raise InvalidValue(
+        f"{name} must be a timedelta (an age) or an aware datetime, got {type(value).__name__} "
+        f"{value!r}"
+    )
 
 
 @asynccontextmanager
@@ -696,12 +801,19 @@ async def open_engine(
             iid = await engine.start_instance(OrderFlow, {"items": 3}, id="orderid::abc123")
             final = await engine.wait(iid)
     """
+    if retention is not None and (
+        not isinstance(retention, timedelta) or retention <= timedelta(0)
+    ):
+        raise InvalidValue(
+            f"retention must be a positive timedelta (e.g. timedelta(days=7)) or None, "
+            f"got {retention!r}"
+        )
     if isinstance(inbox_size, bool) or not isinstance(inbox_size, int) or inbox_size < 1:
-        raise ValueError(f"inbox_size must be a positive int, got {inbox_size!r}")
+        raise InvalidValue(f"inbox_size must be a positive int (1, 2, ...), got {inbox_size!r}")
     ttl = _positive("lease_ttl", lease_ttl)
     renewal = _positive("lease_renewal", lease_renewal)
     if renewal >= ttl:
-        raise ValueError(
+        raise InvalidValue(
             f"lease_renewal ({renewal}s) must be shorter than lease_ttl ({ttl}s), or leases "
             "would lapse between renewals"
         )

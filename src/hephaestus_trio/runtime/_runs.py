@@ -40,6 +40,8 @@ class RunEntry:
         """Event metadata of the run, filled in by its loop once it read the run."""
         self._poke_pending = False
         self._interrupt: Callable[[], None] | None = None
+        self.incarnation: Any = None
+        """The loop driving the run now, if one runs (``Engine.statistics`` reads it)."""
 
     def poke(self) -> None:
         """Ask the loop to re-read the run's wakeups (coalesced)."""

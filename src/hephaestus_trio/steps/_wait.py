@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._errors import InvalidValue
 from ..core._instance import Context, Instance
 from ..core._step import Step, Suspend
 
@@ -20,27 +21,27 @@ def wait_seconds(config: Mapping[str, Any] | None) -> float:
     defaults to ``second``; plurals accepted) or ``{"seconds": x}``.
 
     Raises:
-        ValueError: missing or non-positive duration, or an unknown unit.
+        InvalidValue: missing or non-positive duration, or an unknown unit.
     """
     if not isinstance(config, Mapping):
-        raise ValueError(
+        raise InvalidValue(
             'Wait needs a config: {"duration": 30, "unit": "second"} or {"seconds": 1.5}'
         )
     if "seconds" in config:
         if "duration" in config or "unit" in config:
-            raise ValueError("give either seconds or duration/unit, not both")
+            raise InvalidValue("give either seconds or duration/unit, not both")
         amount, factor = config["seconds"], 1.0
         what = "seconds"
     elif "duration" in config:
         unit = config.get("unit", "second")
         if not isinstance(unit, str) or unit.rstrip("s") not in _UNITS:
-            raise ValueError(f"unknown unit {unit!r}; use one of {list(_UNITS)}")
+            raise InvalidValue(f"unknown unit {unit!r}; use one of {list(_UNITS)}")
         amount, factor = config["duration"], _UNITS[unit.rstrip("s")]
         what = "duration"
     else:
-        raise ValueError(f'Wait config {dict(config)!r} has neither "duration" nor "seconds"')
+        raise InvalidValue(f'Wait config {dict(config)!r} has neither "duration" nor "seconds"')
     if isinstance(amount, bool) or not isinstance(amount, int | float) or not amount > 0:
-        raise ValueError(f"{what} must be a positive number, got {amount!r}")
+        raise InvalidValue(f"{what} must be a positive number, got {amount!r}")
     return float(amount) * factor
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .._errors import InvalidValue
 from ..core._instance import Context, Instance
 from ..core._step import Step, Suspend
 
@@ -16,7 +17,7 @@ def _timeout(config: Mapping[str, Any] | None) -> float | None:
         return None
     value = config["timeout"]
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {value!r}")
+        raise InvalidValue(f"timeout must be a positive number of seconds, got {value!r}")
     return float(value)
 
 
@@ -41,7 +42,7 @@ class WaitForEvent(Step):
         _timeout(config)
         name = (config or {}).get("event_name")
         if name is not None and (not isinstance(name, str) or not name):
-            raise ValueError(f"event_name must be a non-empty string, got {name!r}")
+            raise InvalidValue(f"event_name must be a non-empty string, got {name!r}")
 
     @classmethod
     def resume_event(cls, config: Mapping[str, Any] | None, event: str) -> str | None:

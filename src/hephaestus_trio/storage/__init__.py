@@ -5,8 +5,10 @@ from ._postgres import PostgresStorage as PostgresStorage
 from ._protocol import EngineRecord as EngineRecord
 from ._protocol import Lease as Lease
 from ._protocol import NewWakeup as NewWakeup
+from ._protocol import RunSummary as RunSummary
 from ._protocol import Storage as Storage
 from ._protocol import UniqueViolation as UniqueViolation
+from ._protocol import WaitingRun as WaitingRun
 from ._protocol import Wakeup as Wakeup
 from ._protocol import WakeupGone as WakeupGone
 from ._protocol import WakeupKind as WakeupKind
@@ -21,9 +23,11 @@ __all__ = [
     "MemoryStorage",
     "NewWakeup",
     "PostgresStorage",
+    "RunSummary",
     "SQLiteStorage",
     "Storage",
     "UniqueViolation",
+    "WaitingRun",
     "Wakeup",
     "WakeupGone",
     "WakeupKind",

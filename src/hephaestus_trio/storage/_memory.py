@@ -40,14 +40,16 @@ from ._protocol import (
     EngineRecord,
     Lease,
     NewWakeup,
+    RunSummary,
     UniqueViolation,
+    WaitingRun,
     Wakeup,
     WakeupGone,
     WakeupKind,
     WakeupRefused,
     WorkflowKey,
 )
-from ._query import matches, normalize_filters
+from ._query import matches, normalize_filters, normalize_now, normalize_page, on_page
 
 __all__ = ["MemoryStorage"]
 
@@ -162,16 +164,63 @@ class MemoryStorage:
         workflow: str | None = None,
         workflow_version: int | None = None,
         id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[Instance]:
         await self._enter()
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
+        page = normalize_page(created_after, limit, after)
         if id is not None:
             candidates = [self._runs[r].doc for r in self._by_id.get(id, ())]
         else:
             candidates = [run.doc for run in self._runs.values()]
-        found = [doc for doc in candidates if matches(doc, filters)]
+        found = [doc for doc in candidates if matches(doc, filters) and on_page(doc, page)]
         found.sort(key=lambda doc: (doc.created_at, doc.run_id))
+        if page.limit is not None:
+            del found[page.limit :]
         return [self._read(self._runs[doc.run_id]) for doc in found]
+
+    async def summary(self, *, now: datetime) -> RunSummary:
+        await self._enter()
+        now = normalize_now(now)
+        counts: dict[tuple[str, Status], int] = {}
+        oldest: Instance | None = None
+        due = 0
+        oldest_due: datetime | None = None
+        upcoming: datetime | None = None
+        for run in self._runs.values():
+            doc = run.doc
+            key = (doc.workflow, doc.status)
+            counts[key] = counts.get(key, 0) + 1
+            if doc.status is Status.WAITING and (
+                oldest is None or (doc.created_at, doc.run_id) < (oldest.created_at, oldest.run_id)
+            ):
+                oldest = doc
+            for wakeup in run.wakeups.values():
+                if wakeup.kind is not WakeupKind.TIMER:
+                    continue
+                at = wakeup.due_at
+                if at <= now:
+                    due += 1
+                    oldest_due = at if oldest_due is None else min(oldest_due, at)
+                else:
+                    upcoming = at if upcoming is None else min(upcoming, at)
+        return RunSummary(
+            counts=counts,
+            oldest_waiting=None
+            if oldest is None
+            else WaitingRun(
+                run_id=oldest.run_id,
+                id=oldest.id,
+                workflow=oldest.workflow,
+                created_at=oldest.created_at,
+                updated_at=oldest.updated_at,
+            ),
+            due_timers=due,
+            oldest_due_timer_at=oldest_due,
+            next_timer_at=upcoming,
+        )
 
     def _new_wakeup(
         self,

@@ -20,15 +20,15 @@ The design in five points (``docs/storage.md`` has the long form):
   ``clock="caller"`` the passed ``now`` is used exactly as SQLite uses it (the
   conformance suite and virtual-time tests drive time through it).
 - **NOTIFY is a hint.** Changes that give another engine work (an unowned
-  run, a wakeup, a release that found new wakeups, a shutdown's release) or
-  end a run (someone elsewhere may wait for it) send at most one NOTIFY
-  per transaction, coalesced across concurrent callers (one in flight at a
-  time); the payload is only the sending storage's id, so that it can
-  ignore its own echo. One dedicated LISTEN connection per opened storage is
-  driven without a thread;
-  ``wait_for_change`` also returns every ``poll_interval`` whatever happened,
-  so a lost LISTEN connection (reconnected with backoff) or ``notify=False``
-  only delays work by one poll interval and loses nothing.
+  run, a wakeup, a release that found new wakeups, a shutdown's release)
+  mark a hint pending; a system task sends it off the caller's path, at most
+  one NOTIFY per ``notify_interval`` (a burst costs one per interval, never
+  one per change), with only the sending storage's id as payload (it ignores
+  its own echo). One dedicated LISTEN connection per opened storage is
+  driven without a thread; ``wait_for_change`` also returns every
+  ``poll_interval`` whatever happened, so a lost LISTEN connection
+  (reconnected with backoff) or ``notify=False`` only delays work by one
+  poll interval and loses nothing.
 - **Proof of death.** PostgreSQL cannot see another machine's processes, but
   an engine registering with the host and pid of a registered engine proves
   that one gone (the pid was reused on that host): its leases lapse at once.
@@ -55,13 +55,13 @@ import trio
 from .._errors import StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps
-from ._protocol import EngineRecord, Lease, NewWakeup, Wakeup, WorkflowKey
-from ._query import normalize_filters
+from ._protocol import EngineRecord, Lease, NewWakeup, RunSummary, Wakeup, WorkflowKey
+from ._query import normalize_filters, normalize_now, normalize_page
 
 if TYPE_CHECKING:
     import psycopg
 
-    from ._postgres_io import Executor
+    from ._postgres_io import Coalescer, Executor
 
 __all__ = ["PostgresStorage"]
 
@@ -174,6 +174,10 @@ class PostgresStorage:
         notify: send coalesced NOTIFY hints and LISTEN for them. Turn it off
             behind a pooler in transaction mode (PgBouncer), which cannot
             carry LISTEN; polling then finds every change.
+        notify_interval: at most one NOTIFY per this many seconds from this
+            storage: the first change after a quiet spell is hinted at once,
+            a burst costs one NOTIFY per interval (F12: NOTIFY serialises
+            commits on the server).
         clock: ``"database"`` (the default): lease expiries and every
             claimability and due-time comparison use the server's ``now()``,
             never an engine's clock; ``"caller"``: use the ``now`` each call
@@ -203,6 +207,7 @@ class PostgresStorage:
         pool_size: int = 10,
         poll_interval: float = 1.0,
         notify: bool = True,
+        notify_interval: float = 0.05,
         clock: Literal["database", "caller"] = "database",
         connect_timeout: float = 10.0,
         application_name: str = "hephaestus-trio",
@@ -215,6 +220,10 @@ class PostgresStorage:
         if not poll_interval > 0:
             raise StorageError(
                 f"poll_interval must be a positive number of seconds, got {poll_interval!r}"
+            )
+        if not notify_interval >= 0:
+            raise StorageError(
+                f"notify_interval must be a number of seconds >= 0, got {notify_interval!r}"
             )
         if clock not in ("database", "caller"):
             raise StorageError(f"clock must be 'database' or 'caller', got {clock!r}")
@@ -246,13 +255,12 @@ class PostgresStorage:
         # a waiter that stops (cancelled) sets its own, so its thread ends at once.
         self._dozers: set[threading.Event] = set()
         self._doze_limiter = trio.CapacityLimiter(8)
-        # NOTIFY coalescing: one in flight at a time; a change meanwhile sends one more.
-        self._hinting = False
-        self._hint_pending = False
+        # NOTIFY coalescing (made at open): at most one NOTIFY per notify_interval.
+        self._notify_interval = float(notify_interval)
+        self._coalescer: Coalescer | None = None
+        self._notifies_before = 0
         self._sender = uuid.uuid4().hex
         """NOTIFY payload: who sent it (a storage ignores its own hints, it bumped already)."""
-        self.notifies_sent = 0
-        """How many NOTIFYs this object sent (observed by tests and benchmarks)."""
         # owned_wakeups: per owner, the snapshot of its previous call.
         self._owned_marks: dict[str, str] = {}
         # Engines registered through this object (alive while it is open).
@@ -270,6 +278,12 @@ class PostgresStorage:
     def clock(self) -> Literal["database", "caller"]:
         """Whose clock compares leases and due times (``"database"`` or ``"caller"``)."""
         return self._clock
+
+    @property
+    def notifies_sent(self) -> int:
+        """How many NOTIFYs this object sent (observed by tests and benchmarks)."""
+        coalescer = self._coalescer
+        return self._notifies_before + (0 if coalescer is None else coalescer.sent)
 
     @property
     def listener_connects(self) -> int:
@@ -307,8 +321,9 @@ class PostgresStorage:
             if self._is_open:
                 return
             psycopg, psycopg_pool = _import_driver()
+            from . import _postgres_ops as ops
             from . import _postgres_schema as schema
-            from ._postgres_io import Executor
+            from ._postgres_io import Coalescer, Executor
 
             def migrate() -> None:
                 with self._connect(psycopg, self._application_name) as conn:
@@ -354,6 +369,12 @@ class PostgresStorage:
                 pool.close(timeout=0)
                 raise
             self._executor = Executor(pool, self._pool_size)
+            sender = self._sender
+
+            async def notify() -> None:
+                await self._run("notify", lambda conn: ops.notify(conn, sender))
+
+            self._coalescer = Coalescer(notify, self._notify_interval)
             self._is_open = self._was_opened = True
 
     async def close(self) -> None:
@@ -361,7 +382,13 @@ class PostgresStorage:
         async with self._lifecycle:
             if not self._is_open:
                 return
+            coalescer = self._coalescer
+            if coalescer is not None:
+                await coalescer.drain()  # the last hint goes out before the pool closes
             self._is_open = False
+            self._coalescer = None
+            if coalescer is not None:
+                self._notifies_before += coalescer.sent
             executor, self._executor = self._executor, None
             listener, self._listener = self._listener, _Listener()
             self._owned_marks.clear()
@@ -451,10 +478,14 @@ class PostgresStorage:
         workflow: str | None = None,
         workflow_version: int | None = None,
         id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[Instance]:
         from . import _postgres_ops as ops
 
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
+        page = normalize_page(created_after, limit, after)
         where: list[LiteralString] = []
         params: dict[str, object] = {}
         if filters.statuses is not None:
@@ -469,11 +500,33 @@ class PostgresStorage:
         if filters.id is not None:
             where.append("r.id = %(id)s")
             params["id"] = filters.id
+        if page.created_after is not None:
+            where.append("r.created_at >= %(created_after)s")
+            params["created_after"] = page.created_after
+        if page.after is not None:
+            # A row comparison: the (created_at, run_id) index is walked from the cursor.
+            where.append("(r.created_at, r.run_id) > (%(after_created_at)s, %(after_run_id)s)")
+            params["after_created_at"], params["after_run_id"] = page.after
         sql: LiteralString = ops.q("select_runs")
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " " + ops.q("order_runs")
+        if page.limit is not None:
+            sql += " " + ops.q("limit_runs")
+            params["limit"] = page.limit
         return await self._run("query", lambda conn: ops.query(conn, sql, params))
+
+    async def summary(self, *, now: datetime) -> RunSummary:
+        """Counts by workflow and status, the oldest waiting run, the timers due.
+
+        "Due" is by the database clock under ``clock="database"``.
+        """
+        from . import _postgres_ops as ops
+
+        at = normalize_now(now) if self._clock == "caller" else None
+        if at is None:
+            normalize_now(now)  # InvalidArgument for a naive now, whatever the clock
+        return await self._run("summary", lambda conn: ops.summary(conn, at))
 
     async def create(
         self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0
@@ -520,8 +573,6 @@ class PostgresStorage:
                 conn, lease, instance, row, consume=consumed, add_timers=timers, created_at=now
             ),
         )
-        if instance.status.is_terminal:
-            await self._hint()  # whoever waits for the run's end elsewhere looks now
         return added
 
     async def delete(self, run_id: str) -> None:
@@ -867,22 +918,6 @@ class PostgresStorage:
             dozer.set()
 
     async def _hint(self) -> None:
-        """Tell the other engines, coalesced: one NOTIFY in flight, one more if changes came."""
-        if not self._notify:
-            return
-        from . import _postgres_ops as ops
-
-        self._hint_pending = True
-        if self._hinting:
-            return  # the NOTIFY in flight is followed by one more for this change
-        self._hinting = True
-        try:
-            while self._hint_pending and self._is_open:
-                self._hint_pending = False
-                try:
-                    await self._run("notify", lambda conn: ops.notify(conn, self._sender))
-                except StorageError:
-                    return  # a hint only: polling finds the change
-                self.notifies_sent += 1
-        finally:
-            self._hinting = False
+        """Tell the other engines (a NOTIFY from the coalescer; this caller never waits)."""
+        if self._notify and self._coalescer is not None and self._is_open:
+            self._coalescer.poke()

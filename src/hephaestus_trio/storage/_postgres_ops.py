@@ -28,7 +28,9 @@ from ._postgres_schema import SQL
 from ._protocol import (
     Lease,
     NewWakeup,
+    RunSummary,
     UniqueViolation,
+    WaitingRun,
     Wakeup,
     WakeupGone,
     WakeupKind,
@@ -56,6 +58,7 @@ __all__ = [
     "release_all",
     "renew",
     "seen_dedup_key",
+    "summary",
     "unregister_engine",
     "wakeups",
     "write",
@@ -162,6 +165,34 @@ def query(conn: Conn, sql: LiteralString, params: Mapping[str, Any]) -> list[Ins
             for run_id, step, event, due_at in conn.execute(q("timers_of_runs"), {"run_ids": ids}):
                 timers.setdefault(run_id, []).append((step, event, due_at))
     return [_with_timers(loads(text), timers.get(run_id, ())) for run_id, text in rows]
+
+
+def summary(conn: Conn, now: datetime | None) -> RunSummary:
+    """``summary``'s aggregates, from one statement (one consistent state)."""
+    row = conn.execute(q("summary"), {"now": now}).fetchone()
+    assert row is not None
+    names, statuses, counts, oldest, oldest_times, due, oldest_due, upcoming = row
+    waiting = None
+    if oldest is not None:
+        run_id, id_, workflow = oldest
+        created_at, updated_at = oldest_times
+        waiting = WaitingRun(
+            run_id=run_id,
+            id=id_,
+            workflow=workflow,
+            created_at=utc(created_at),
+            updated_at=utc(updated_at),
+        )
+    return RunSummary(
+        counts={
+            (name, Status(status)): int(n)
+            for name, status, n in zip(names, statuses, counts, strict=True)
+        },
+        oldest_waiting=waiting,
+        due_timers=int(due),
+        oldest_due_timer_at=None if oldest_due is None else utc(oldest_due),
+        next_timer_at=None if upcoming is None else utc(upcoming),
+    )
 
 
 def create(

@@ -49,8 +49,10 @@ __all__ = [
     "EngineRecord",
     "Lease",
     "NewWakeup",
+    "RunSummary",
     "Storage",
     "UniqueViolation",
+    "WaitingRun",
     "Wakeup",
     "WakeupGone",
     "WakeupKind",
@@ -155,6 +157,52 @@ class Wakeup:
         return TimerRecord(step=self.step, event=self.event, fire_at=self.due_at)
 
 
+@final
+@attrs.frozen(kw_only=True)
+class WaitingRun:
+    """The run that has been waiting the longest: what an operator looks at first."""
+
+    run_id: str
+    id: str
+    """Business id."""
+    workflow: str
+    created_at: datetime
+    """When the run started (UTC); the oldest waiting run is the earliest created."""
+    updated_at: datetime
+    """Its last write (UTC): normally when it parked (a waiting run is not written)."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RunSummary:
+    """What ``summary`` counts, computed by the storage without loading any run.
+
+    The command line's ``stats`` prints it; it is cheap enough to poll from a
+    dashboard (the SQLite backend answers from indexes only).
+    """
+
+    counts: Mapping[tuple[str, Status], int]
+    """Runs by ``(workflow registry name, status)``; only non-zero counts are present."""
+    oldest_waiting: WaitingRun | None
+    """The earliest created run with status ``waiting`` (ties: lowest ``run_id``), if any."""
+    due_timers: int
+    """Pending timer wakeups whose ``due_at`` is at or before ``now``: timers an
+    engine should be firing. A steady non-zero value means no engine runs them."""
+    oldest_due_timer_at: datetime | None
+    """The earliest ``due_at`` among those due timers: how late the engines are."""
+    next_timer_at: datetime | None
+    """The earliest ``due_at`` after ``now`` among pending timers, if any."""
+
+    def count(self, *, workflow: str | None = None, status: Status | str | None = None) -> int:
+        """Runs of ``workflow`` (any if ``None``) with ``status`` (any if ``None``)."""
+        wanted = None if status is None else Status.coerce(status)
+        return sum(
+            n
+            for (name, s), n in self.counts.items()
+            if (workflow is None or name == workflow) and (wanted is None or s is wanted)
+        )
+
+
 class UniqueViolation(HephaestusError):
     """A new run would share its ``unique_key`` with another live run.
 
@@ -252,8 +300,39 @@ class Storage(Protocol):
         workflow: str | None = None,
         workflow_version: int | None = None,
         id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[Instance]:
-        """Runs matching every given filter."""
+        """Runs matching every given filter, ordered by ``(created_at, run_id)``.
+
+        Paging (keyset, so a page never shifts when runs are added meanwhile):
+        ``created_after`` keeps runs created at or after that instant;
+        ``after`` keeps runs strictly after that ``(created_at, run_id)``
+        (pass the last run of the previous page); ``limit`` returns at most
+        that many. A run created meanwhile sorts after every run already
+        listed (its ``created_at`` is later), so it shows up on a later page
+        and never shifts or repeats one. Datetimes compare as instants,
+        whatever their offset.
+
+        Raises:
+            ValueError: an unknown status.
+            InvalidArgument: ``limit`` is not a positive ``int``, ``after`` is
+                not a ``(timezone-aware datetime, str)`` tuple, or
+                ``created_after`` is not timezone-aware.
+        """
+        ...
+
+    async def summary(self, *, now: datetime) -> RunSummary:
+        """Counts by workflow and status, the oldest waiting run and the timers due at ``now``.
+
+        Computed by the backend itself (SQL aggregates on indexes); no run's
+        document is loaded, so it stays cheap on large stores and safe to call
+        while engines run.
+
+        Raises:
+            InvalidArgument: ``now`` is not timezone-aware.
+        """
         ...
 
     async def create(

@@ -62,8 +62,8 @@ from .._errors import HephaestusError, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from . import _sqlite_engines as engines
 from . import _sqlite_ops as ops
-from ._protocol import EngineRecord, Lease, NewWakeup, Wakeup, WorkflowKey
-from ._query import normalize_filters
+from ._protocol import EngineRecord, Lease, NewWakeup, RunSummary, Wakeup, WorkflowKey
+from ._query import normalize_filters, normalize_now, normalize_page
 from ._sqlite_access import (
     SQLITE_READONLY,
     open_error,
@@ -439,8 +439,12 @@ class SQLiteStorage:
         workflow: str | None = None,
         workflow_version: int | None = None,
         id: str | None = None,
+        created_after: datetime | None = None,
+        limit: int | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[Instance]:
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
+        page = normalize_page(created_after, limit, after)
         where: list[str] = []
         params: dict[str, object] = {}
         if filters.statuses is not None:
@@ -455,11 +459,26 @@ class SQLiteStorage:
             if value is not None:
                 where.append(f"{column} = :{column}")
                 params[column] = value
+        if page.created_after is not None:
+            where.append("created_at >= :created_after")
+            params["created_after"] = _timestamp(page.created_after)
+        if page.after is not None:
+            # A row value: SQLite walks the (created_at, run_id) index from the cursor.
+            where.append("(created_at, run_id) > (:after_created_at, :after_run_id)")
+            params["after_created_at"] = _timestamp(page.after[0])
+            params["after_run_id"] = page.after[1]
         sql = _Q["select_runs"]
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " " + _Q["order_runs"]
+        if page.limit is not None:
+            sql += " " + _Q["limit_runs"]
+            params["limit"] = page.limit
         return await self._read(lambda conn: ops.query(conn, sql, params))
+
+    async def summary(self, *, now: datetime) -> RunSummary:
+        stamp = _timestamp(normalize_now(now))
+        return await self._read(lambda conn: ops.summary(conn, stamp))
 
     async def create(
         self, instance: Instance, *, now: datetime, owner: str | None = None, ttl: float = 30.0

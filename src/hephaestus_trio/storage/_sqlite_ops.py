@@ -27,13 +27,15 @@ from ..core._serialization import loads
 from ._protocol import (
     Lease,
     NewWakeup,
+    RunSummary,
     UniqueViolation,
+    WaitingRun,
     Wakeup,
     WakeupGone,
     WakeupKind,
     WakeupRefused,
 )
-from ._sqlite_rows import inserted, json_array, wakeup_from_row, with_timers
+from ._sqlite_rows import inserted, json_array, parse, wakeup_from_row, with_timers
 from ._sqlite_schema import SQL
 
 __all__ = [
@@ -54,6 +56,7 @@ __all__ = [
     "release",
     "release_all",
     "renew",
+    "summary",
     "unregister_engine",
     "wakeups",
     "write",
@@ -102,6 +105,35 @@ def query(conn: sqlite3.Connection, sql: str, params: Params) -> list[Instance]:
             for run_id, step, event, due_at in conn.execute(_Q["timers_of_runs"], {"run_ids": ids}):
                 timers.setdefault(run_id, []).append((step, event, due_at))
     return [with_timers(loads(text), timers.get(run_id, ())) for run_id, text in rows]
+
+
+def summary(conn: sqlite3.Connection, now: str) -> RunSummary:
+    """``summary``'s four aggregates, in one read transaction (one consistent state)."""
+    with snapshot(conn):
+        counts = {
+            (workflow, Status(status)): int(n)
+            for workflow, status, n in conn.execute(_Q["summary_counts"])
+        }
+        oldest = conn.execute(_Q["oldest_waiting"]).fetchone()
+        due, oldest_due = conn.execute(_Q["due_timers"], {"now": now}).fetchone()
+        (upcoming,) = conn.execute(_Q["next_timer"], {"now": now}).fetchone()
+    waiting = None
+    if oldest is not None:
+        run_id, id_, workflow, created_at, updated_at = oldest
+        waiting = WaitingRun(
+            run_id=run_id,
+            id=id_,
+            workflow=workflow,
+            created_at=parse(created_at),
+            updated_at=parse(updated_at),
+        )
+    return RunSummary(
+        counts=counts,
+        oldest_waiting=waiting,
+        due_timers=int(due),
+        oldest_due_timer_at=None if oldest_due is None else parse(oldest_due),
+        next_timer_at=None if upcoming is None else parse(upcoming),
+    )
 
 
 def create(

@@ -44,6 +44,7 @@ _OUR_TABLES = {
         {"hephaestus_runs", "hephaestus_wakeups", "hephaestus_resume_dedup", "hephaestus_engines"}
     ),
 }
+_OUR_TABLES[3] = _OUR_TABLES[4] = _OUR_TABLES[2]  # versions 3 and 4 add columns and indexes only
 # UPDATE ... RETURNING (claim, renew) needs SQLite 3.35.
 MIN_SQLITE = (3, 35, 0)
 

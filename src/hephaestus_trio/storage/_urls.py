@@ -12,6 +12,7 @@ which are taken out of it:
 - ``notify=on|off`` (default ``on``): NOTIFY hints and a LISTEN connection;
   ``off`` behind a pooler in transaction mode;
 - ``poll_interval=<seconds>`` (default ``1``);
+- ``notify_interval=<seconds>`` (default ``0.05``): at most one NOTIFY per interval;
 - ``pool_size=<n>`` (default ``10``);
 - ``clock=database|caller`` (default ``database``).
 
@@ -84,7 +85,7 @@ def _postgres(url: str) -> PostgresStorage:
     kept: list[tuple[str, str]] = []
     options: dict[str, str] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in ("notify", "poll_interval", "pool_size", "clock"):
+        if key in ("notify", "poll_interval", "notify_interval", "pool_size", "clock"):
             options[key] = value
         else:
             kept.append((key, value))
@@ -106,6 +107,12 @@ def _postgres(url: str) -> PostgresStorage:
             poll_interval = float(options["poll_interval"])
         except ValueError:
             raise bad("poll_interval", "a positive number of seconds") from None
+    notify_interval = 0.05
+    if "notify_interval" in options:
+        try:
+            notify_interval = float(options["notify_interval"])
+        except ValueError:
+            raise bad("notify_interval", "a number of seconds") from None
     pool_size = 10
     if "pool_size" in options:
         try:
@@ -119,6 +126,7 @@ def _postgres(url: str) -> PostgresStorage:
         dsn,
         notify=notify,
         poll_interval=poll_interval,
+        notify_interval=notify_interval,
         pool_size=pool_size,
         clock="caller" if clock == "caller" else "database",
     )

@@ -55,7 +55,7 @@ import attrs
 import trio
 import trio.testing
 
-from .._errors import LeaseLost, StorageError
+from .._errors import InvalidArgument, LeaseLost, StorageError
 from ..core._instance import (
     Context,
     ErrorRecord,
@@ -64,12 +64,15 @@ from ..core._instance import (
     Status,
     TimerRecord,
 )
+from ..core._shape import DefinitionShape
 from ..storage._protocol import (
     EngineRecord,
     Lease,
     NewWakeup,
+    RunSummary,
     Storage,
     UniqueViolation,
+    WaitingRun,
     Wakeup,
     WakeupGone,
     WakeupKind,
@@ -294,10 +297,36 @@ def _full_run(run_id: str, status: Status, at: datetime) -> Instance:
         telemetry_metadata={"tenant": "acme"},
         execution_history=(
             ExecutionEntry(step="validate", event="valid", timestamp=at, context_updates={"ok": 1}),
+            ExecutionEntry(
+                step="ship",
+                event="",
+                timestamp=at,
+                attempt=2,
+                error=ErrorRecord(
+                    kind="timeout",
+                    message="too slow",
+                    step="ship",
+                    exception_type="trio.TooSlowError",
+                    attempt=2,
+                    traceback='Traceback (most recent call last):\n  File "x.py"\nTooSlowError\n',
+                ),
+            ),
             ExecutionEntry(step="ship", event="done", timestamp=at, attempt=3, wakeup=7),
         ),
         error=ErrorRecord(
-            kind="crash", message="boom", step="ship", exception_type="OSError", attempt=2
+            kind="crash",
+            message="boom",
+            step="ship",
+            exception_type="OSError",
+            attempt=2,
+            traceback="Traceback (most recent call last):\nOSError: boom \u00fc\n",
+        ),
+        definition_fingerprint="sha256:" + "0" * 64,
+        definition_shape=DefinitionShape(
+            start="validate",
+            steps=("done", "ship", "validate", "wait"),
+            events=(("ship", "done"), ("validate", "valid"), ("wait", "timeout")),
+            transitions=(("validate", "valid", "ship"), ("validate", "valid", "wait")),
         ),
         updated_at=at,
     )
@@ -438,6 +467,10 @@ async def _every_method_checkpoints(new_storage: StorageFactory, *, durable: boo
             await s.get("unknown")
         with checkpoints("query"):
             await s.query(status="pending")
+        with checkpoints("query (paged)"):
+            await s.query(created_after=T0, limit=1, after=(T0, "r0"))
+        with checkpoints("summary"):
+            await s.summary(now=T0)
         with checkpoints("add_wakeup"):
             timer = await s.add_wakeup(_timer("r1", at=_at(50)), now=T0)
         assert timer is not None
@@ -491,6 +524,8 @@ def _every_call(s: Storage) -> list[tuple[str, Callable[[], Awaitable[object]]]]
     return [
         ("get", lambda: s.get("r1")),
         ("query", lambda: s.query()),
+        ("query (paged)", lambda: s.query(limit=1, after=(T0, "r0"))),
+        ("summary", lambda: s.summary(now=T0)),
         ("create", lambda: s.create(run, now=T0)),
         ("write", lambda: s.write(lease, run, now=T0)),
         ("delete", lambda: s.delete("r1")),
@@ -706,6 +741,272 @@ async def _query_rejects_unknown_statuses(new_storage: StorageFactory, *, durabl
             with _raises(ValueError, f"query(**{kwargs!r})") as info:
                 await s.query(**kwargs)
             assert words in str(info.value), f"query(**{kwargs!r}): {info.value}"
+
+
+async def _store_dataset(s: Storage) -> None:
+    for run_id, id_, workflow, version, status, minutes in reversed(DATASET):
+        at = T0 + timedelta(minutes=minutes)
+        run = make_run(
+            id_, run_id=run_id, workflow=workflow, version=version, status=status, created_at=at
+        )
+        await _store(s, run)
+
+
+async def _all_pages(s: Storage, size: int, **filters: Any) -> list[list[str]]:
+    """Every page of ``query(**filters)``, ``size`` runs each, by keyset cursor."""
+    pages: list[list[str]] = []
+    after: tuple[datetime, str] | None = None
+    while True:
+        page = await s.query(**filters, limit=size, after=after)
+        assert len(page) <= size, f"query(limit={size}) returned {len(page)} runs"
+        if not page:
+            return pages
+        pages.append([i.run_id for i in page])
+        after = (page[-1].created_at, page[-1].run_id)
+        assert len(pages) <= len(DATASET) + 1, "paging does not end"
+
+
+@_check
+async def _query_pages_by_keyset(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        await _store_dataset(s)
+        for filters, keep in QUERIES:
+            expected = _expected(keep)
+            for size in (1, 2, 3, len(DATASET)):
+                pages = await _all_pages(s, size, **filters)
+                _eq(
+                    [run_id for page in pages for run_id in page],
+                    expected,
+                    f"pages of {size} of query(**{filters!r}), joined",
+                )
+                _eq(
+                    [len(page) for page in pages[:-1]],
+                    [size] * (len(pages) - 1),
+                    f"every page but the last is full (size {size}, {filters!r})",
+                )
+        everything = await s.query()
+        _eq(
+            [i.run_id for i in await s.query(limit=3)],
+            [i.run_id for i in everything[:3]],
+            "limit keeps the first runs in query order",
+        )
+        # The cursor is the (created_at, run_id) of the last run seen, as an
+        # instant: the same moment at another offset pages the same way.
+        third = everything[2]
+        plus_two = timezone(timedelta(hours=2))
+        for cursor in [
+            (third.created_at, third.run_id),
+            (third.created_at.astimezone(plus_two), third.run_id),
+        ]:
+            _eq(
+                [i.run_id for i in await s.query(after=cursor)],
+                [i.run_id for i in everything[3:]],
+                f"query(after={cursor!r})",
+            )
+        # A cursor between two runs of the same instant: run_id breaks the tie.
+        _eq(
+            [i.run_id for i in await s.query(after=(T0 + timedelta(minutes=3), "r03"))],
+            ["r07", "r05", "r01"],
+            "after= a run_id that ties on created_at",
+        )
+        _eq(await s.query(after=(T0 + timedelta(days=1), "")), [], "after the last run")
+
+
+@_check
+async def _query_created_after_is_inclusive(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        await _store_dataset(s)
+        bound = T0 + timedelta(minutes=3)
+        expected = [row[0] for row in sorted(DATASET, key=lambda r: (r[5], r[0])) if row[5] >= 3]
+        _eq(
+            [i.run_id for i in await s.query(created_after=bound)],
+            expected,
+            "created_after keeps the runs created at or after the bound",
+        )
+        _eq(
+            [
+                i.run_id
+                for i in await s.query(
+                    created_after=bound.astimezone(timezone(timedelta(hours=-5)))
+                )
+            ],
+            expected,
+            "created_after compares instants",
+        )
+        _eq(
+            [
+                i.run_id
+                for i in await s.query(
+                    created_after=bound, status="waiting", limit=1, after=(bound, "r03")
+                )
+            ],
+            ["r07"],
+            "created_after, status, after and limit combine",
+        )
+        _eq(await s.query(created_after=T0 + timedelta(hours=1)), [], "a bound after every run")
+
+
+@_check
+async def _query_pages_are_stable_under_inserts(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        for n in range(6):
+            await s.create(make_run(run_id=f"r{n}", created_at=_at(n)), now=_at(n))
+        first = await s.query(limit=3)
+        _eq([i.run_id for i in first], ["r0", "r1", "r2"], "the first page")
+        # Runs start while the pages are read: they are created later, so they
+        # sort after every listed run and never shift a page.
+        for n in range(6, 9):
+            await s.create(make_run(run_id=f"r{n}", created_at=_at(n)), now=_at(n))
+        cursor = (first[-1].created_at, first[-1].run_id)
+        second = await s.query(limit=3, after=cursor)
+        _eq([i.run_id for i in second], ["r3", "r4", "r5"], "the second page, after inserts")
+        # A run that ends between two pages keeps its place too.
+        lease = (await _claim(s, "A", _at(10), run_ids=["r6"]))[0]
+        await s.write(
+            lease,
+            make_run(run_id="r6", created_at=_at(6), status=Status.COMPLETED, updated_at=_at(10)),
+            now=_at(10),
+        )
+        cursor = (second[-1].created_at, second[-1].run_id)
+        _eq(
+            [i.run_id for i in await s.query(limit=3, after=cursor)],
+            ["r6", "r7", "r8"],
+            "the third page",
+        )
+
+
+@_check
+async def _query_rejects_bad_paging(new_storage: StorageFactory, *, durable: bool) -> None:
+    naive = datetime(2030, 1, 1)
+    async with new_storage() as s:
+        await s.create(make_run(run_id="r1"), now=T0)
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"limit": 0}, "limit"),
+            ({"limit": -1}, "limit"),
+            ({"limit": True}, "limit"),
+            ({"limit": 1.5}, "limit"),
+            ({"limit": "3"}, "limit"),
+            ({"after": ("2030-01-01", "r1")}, "after"),
+            ({"after": (naive, "r1")}, "after"),
+            ({"after": (T0, 5)}, "after"),
+            ({"after": [T0, "r1"]}, "after"),
+            ({"after": (T0,)}, "after"),
+            ({"created_after": naive}, "created_after"),
+            ({"created_after": "2030-01-01"}, "created_after"),
+        ]
+        for kwargs, name in cases:
+            with _raises(InvalidArgument, f"query(**{kwargs!r})") as info:
+                await s.query(**kwargs)
+            assert isinstance(info.value, ValueError), "InvalidArgument is a ValueError"
+            _eq(info.value.name, name, f"the argument query(**{kwargs!r}) names")
+            assert "expected" in str(info.value), (
+                f"query(**{kwargs!r}) should say what is allowed: {info.value}"
+            )
+
+
+def _summary(
+    counts: Mapping[tuple[str, Status], int],
+    oldest: WaitingRun | None = None,
+    due: int = 0,
+    oldest_due: datetime | None = None,
+    upcoming: datetime | None = None,
+) -> RunSummary:
+    return RunSummary(
+        counts=counts,
+        oldest_waiting=oldest,
+        due_timers=due,
+        oldest_due_timer_at=oldest_due,
+        next_timer_at=upcoming,
+    )
+
+
+@_check
+async def _summary_of_an_empty_storage(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        _eq(await s.summary(now=T0), _summary({}), "summary with no runs")
+
+
+@_check
+async def _summary_counts_runs_by_workflow_and_status(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        await _store_dataset(s)
+        got = await s.summary(now=T0)
+        expected: dict[tuple[str, Status], int] = {}
+        for _, _, workflow, _, status, _ in DATASET:
+            expected[(workflow, status)] = expected.get((workflow, status), 0) + 1
+        _eq(dict(got.counts), expected, "counts by (workflow, status), versions together")
+        _eq(got.count(), len(DATASET), "count() of everything")
+        _eq(got.count(workflow="shop.Order"), 4, "count(workflow=)")
+        _eq(got.count(status="waiting"), 2, "count(status=)")
+        _eq(got.count(workflow="shop.Signup", status=Status.WAITING), 1, "count(both)")
+        # r03 and r07 are both waiting and created at minute 3: run_id breaks the tie.
+        at = T0 + timedelta(minutes=3)
+        _eq(
+            got.oldest_waiting,
+            WaitingRun(
+                run_id="r03", id="orderid::c", workflow="shop.Order", created_at=at, updated_at=at
+            ),
+            "the oldest waiting run",
+        )
+        assert got.oldest_waiting is not None
+        _eq(got.oldest_waiting.created_at.utcoffset(), timedelta(0), "its times are UTC")
+
+
+@_check
+async def _summary_counts_due_timers(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        lease = await _create_owned(s, _parked(make_run(run_id="r1"), "wait", "other"))
+        await s.create(_parked(make_run(run_id="r2", created_at=_at(1)), "wait"), now=T0)
+        for run_id, step, seconds in [
+            ("r1", "wait", 10),
+            ("r1", "other", 30),
+            ("r2", "wait", 20),
+            ("r2", "wait", 60),
+        ]:
+            assert await s.add_wakeup(_timer(run_id, step, at=_at(seconds)), now=T0) is not None
+        # Resumes and cancel requests are not timers, whatever their due_at.
+        await s.add_wakeup(_resume("r2", at=T0), now=T0)
+        await s.add_wakeup(_cancel("r1", at=T0), now=T0)
+        cases = [
+            (_at(0), 0, None, _at(10)),
+            (_at(10), 1, _at(10), _at(20)),
+            (_at(25), 2, _at(10), _at(30)),
+            (_at(60), 4, _at(10), None),
+        ]
+        for now, due, oldest_due, upcoming in cases:
+            got = await s.summary(now=now)
+            _eq(
+                (got.due_timers, got.oldest_due_timer_at, got.next_timer_at),
+                (due, oldest_due, upcoming),
+                f"timers due at {now}",
+            )
+        plus_two = timezone(timedelta(hours=2))
+        got = await s.summary(now=_at(25).astimezone(plus_two))
+        _eq(got.due_timers, 2, "now compares as an instant")
+        assert got.next_timer_at is not None
+        _eq(got.next_timer_at.utcoffset(), timedelta(0), "timer times come back in UTC")
+        # A terminal write drops the run's timers: they are never due again.
+        await s.write(
+            lease, make_run(run_id="r1", status=Status.COMPLETED, updated_at=_at(5)), now=_at(5)
+        )
+        got = await s.summary(now=_at(60))
+        _eq((got.due_timers, got.oldest_due_timer_at), (2, _at(20)), "timers of ended runs")
+        _eq(got.count(status="completed"), 1, "the ended run is counted as completed")
+        waiting = got.oldest_waiting
+        assert waiting is not None
+        _eq(waiting.run_id, "r2", "the oldest waiting run once r1 ended")
+
+
+@_check
+async def _summary_rejects_a_naive_now(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        with _raises(InvalidArgument, "summary(now=naive)") as info:
+            await s.summary(now=datetime(2030, 1, 1))
+        _eq(info.value.name, "now", "the argument named")
 
 
 @_check

@@ -138,6 +138,32 @@ JOIN hephaestus_documents AS d ON d.run_id = r.run_id
 -- The one order query() returns.
 ORDER BY r.created_at, r.run_id
 
+-- limit_runs --
+-- query(limit=...): appended after order_runs.
+LIMIT %(limit)s
+
+-- summary --
+-- summary()'s aggregates in ONE statement (one snapshot): counts by (workflow, status)
+-- as three arrays, the oldest waiting run, the due timers and the next one.
+SELECT
+    (SELECT COALESCE(array_agg(c.workflow ORDER BY c.workflow, c.status), '{}')
+     FROM (SELECT workflow, status FROM hephaestus_runs GROUP BY workflow, status) AS c),
+    (SELECT COALESCE(array_agg(c.status ORDER BY c.workflow, c.status), '{}')
+     FROM (SELECT workflow, status FROM hephaestus_runs GROUP BY workflow, status) AS c),
+    (SELECT COALESCE(array_agg(c.n ORDER BY c.workflow, c.status), '{}')
+     FROM (SELECT workflow, status, count(*) AS n FROM hephaestus_runs
+           GROUP BY workflow, status) AS c),
+    (SELECT ARRAY[run_id, id, workflow] FROM hephaestus_runs WHERE status = 'waiting'
+     ORDER BY created_at, run_id LIMIT 1),
+    (SELECT ARRAY[created_at, updated_at] FROM hephaestus_runs WHERE status = 'waiting'
+     ORDER BY created_at, run_id LIMIT 1),
+    (SELECT count(*) FROM hephaestus_wakeups
+     WHERE kind = 'timer' AND due_at <= COALESCE(%(now)s::timestamptz, now())),
+    (SELECT min(due_at) FROM hephaestus_wakeups
+     WHERE kind = 'timer' AND due_at <= COALESCE(%(now)s::timestamptz, now())),
+    (SELECT min(due_at) FROM hephaestus_wakeups
+     WHERE kind = 'timer' AND due_at > COALESCE(%(now)s::timestamptz, now()));
+
 -- timers_of_runs --
 -- The pending timer wakeups of many runs, in seq order.
 SELECT run_id, step, event, due_at FROM hephaestus_wakeups

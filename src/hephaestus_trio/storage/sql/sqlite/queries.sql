@@ -70,6 +70,10 @@ SELECT run_id, instance FROM hephaestus_runs
 -- The one order query() returns.
 ORDER BY created_at, run_id
 
+-- limit_runs --
+-- query(limit=...): appended after order_runs.
+LIMIT :limit
+
 -- timers_of_run --
 -- One run's pending timer wakeups, in seq order (what Instance.timers reads as).
 SELECT step, event, due_at FROM hephaestus_wakeups
@@ -286,3 +290,27 @@ SELECT engine_id FROM hephaestus_engines ORDER BY engine_id;
 -- data_version --
 -- Moves whenever another connection, of this process or another, committed.
 PRAGMA data_version;
+
+-- summary_counts --
+-- Runs by (workflow, status), from hephaestus_runs_workflow_created_idx alone.
+SELECT workflow, status, COUNT(*) FROM hephaestus_runs
+GROUP BY workflow, status
+ORDER BY workflow, status;
+
+-- oldest_waiting --
+-- The earliest created waiting run (hephaestus_runs_status_idx, one row read).
+SELECT run_id, id, workflow, created_at, updated_at FROM hephaestus_runs
+WHERE status = 'waiting'
+ORDER BY created_at, run_id
+LIMIT 1;
+
+-- due_timers --
+-- How many pending timers are due at :now, and the earliest of them
+-- (hephaestus_wakeups_timer_due_idx).
+SELECT COUNT(*), MIN(due_at) FROM hephaestus_wakeups
+WHERE kind = 'timer' AND due_at <= :now;
+
+-- next_timer --
+-- The earliest pending timer due after :now (hephaestus_wakeups_timer_due_idx).
+SELECT MIN(due_at) FROM hephaestus_wakeups
+WHERE kind = 'timer' AND due_at > :now;

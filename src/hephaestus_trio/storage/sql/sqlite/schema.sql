@@ -70,6 +70,12 @@ CREATE INDEX hephaestus_runs_claimable_idx
 -- release_all(), owned_wakeups() and reap_engines(): the runs an engine holds.
 CREATE INDEX hephaestus_runs_owner_idx ON hephaestus_runs (owner) WHERE owner IS NOT NULL;
 
+-- summary() counts runs by (workflow, status) from this index alone (no
+-- document is read); query(workflow=...) walks it in the (created_at, run_id)
+-- order it returns, from a keyset cursor, checking status in the index.
+CREATE INDEX hephaestus_runs_workflow_created_idx
+    ON hephaestus_runs (workflow, created_at, run_id, status);
+
 -- Recorded, not yet applied wakeups (resumes, timers, cancel requests) of
 -- live runs. AUTOINCREMENT: a seq is never reused, even after the newest row
 -- is deleted, and one counter orders the wakeups of the whole database.
@@ -90,6 +96,11 @@ CREATE TABLE hephaestus_wakeups (
 
 -- wakeups(), and every "the wakeups of this run" statement.
 CREATE INDEX hephaestus_wakeups_run_idx ON hephaestus_wakeups (run_id, seq);
+
+-- summary(): pending timers by due time (how many are due, the next one).
+CREATE INDEX hephaestus_wakeups_timer_due_idx
+    ON hephaestus_wakeups (due_at)
+    WHERE kind = 'timer';
 
 -- At most one unapplied resume per parked step, and one cancel request per run.
 CREATE UNIQUE INDEX hephaestus_wakeups_resume_step_idx

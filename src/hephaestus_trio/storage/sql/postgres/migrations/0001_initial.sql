@@ -110,6 +110,10 @@ CREATE TABLE hephaestus_wakeups (
 -- wakeups(), and every "the wakeups of this run" statement.
 CREATE INDEX hephaestus_wakeups_run_idx ON hephaestus_wakeups (run_id, seq);
 
+-- summary(): pending timers by due time (how many are due, the next one).
+CREATE INDEX hephaestus_wakeups_timer_due_idx ON hephaestus_wakeups (due_at)
+    WHERE kind = 'timer';
+
 -- At most one unapplied resume per parked step, and one cancel request per run.
 CREATE UNIQUE INDEX hephaestus_wakeups_resume_step_idx
     ON hephaestus_wakeups (run_id, step)
