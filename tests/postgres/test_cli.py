@@ -65,12 +65,16 @@ def test_read_commands_and_engines_on_postgresql(
     assert "held::c2" in out
     assert "2 run(s)" in out
     code, out, _ = run_cli(capsys, "list", "--storage", dsn, "--json")
-    assert sorted(item["id"] for item in json.loads(out)) == ["approve::c1", "held::c2"]
+    assert sorted(item["id"] for item in json.loads(out)["runs"]) == ["approve::c1", "held::c2"]
     code, out, _ = run_cli(capsys, "show", "held::c2", "--storage", dsn)
     assert code == 0
     assert "running:    hold" in out
     code, out, _ = run_cli(capsys, "show", "approve::c1", "--storage", dsn, "--json")
-    assert json.loads(out)["status"] == "waiting"
+    assert json.loads(out)["run"]["status"] == "waiting"
+    code, out, err = run_cli(capsys, "stats", "--storage", dsn, "--json")
+    assert code == 0, err
+    assert "waiting" in out
+    assert "running" in out
 
     code, out, err = run_cli(capsys, "engines", "--storage", dsn)
     assert code == 0, err
