@@ -4,11 +4,15 @@ Run from the repository root::
 
     python -m bench            # the full run (about a minute or two)
     python -m bench --quick    # a small smoke run (seconds)
+    python -m bench --only ko  # only some rows; k-o are the PostgreSQL rows
 
 Every row compares the engine with a baseline that runs the same DAG and the
 same step code with plain Trio tasks and no engine; in durable mode the
 baseline writes the same records (the run's JSON after every transition) to
-SQLite with batched commits in one worker thread. ``bench/README.md`` has the
+SQLite with batched commits in one worker thread. The PostgreSQL rows (k-o)
+start a throwaway server with ``fsync`` on and compare engines on
+``PostgresStorage`` with the same writes issued by plain psycopg from Trio
+with the same pool (``_postgres.py``). ``bench/README.md`` has the
 definitions, the targets and the latest table.
 """
 
@@ -51,6 +55,12 @@ class Sizes:
     observed_repeats: int = 9
     observed_kinds: tuple[str, ...] = ("memory", "sqlite")
     crash_examples: int = 100
+    pg_throughput: int = 1200
+    pg_repeats: int = 3
+    pg_latency: int = 50
+    pg_resume: int = 50
+    pg_recovery: int = 10_000
+    pg_parked: int = 2000
 
 
 QUICK = Sizes(
@@ -67,7 +77,16 @@ QUICK = Sizes(
     observed_repeats=1,
     observed_kinds=("memory",),
     crash_examples=5,
+    pg_throughput=60,
+    pg_repeats=1,
+    pg_latency=5,
+    pg_resume=5,
+    pg_recovery=200,
+    pg_parked=100,
 )
+
+SQLITE_ROWS = frozenset("abcdefghij")
+POSTGRES_ROWS = frozenset("klmno")
 
 
 @attrs.frozen
@@ -83,6 +102,9 @@ class Row:
     target: str = "-"
     met: bool | None = None
     shortfall: str = ""
+    engine_range: tuple[float, float] | None = None
+    """Lowest and highest of the repeats, when ``engine`` is their median."""
+    baseline_range: tuple[float, float] | None = None
 
     @property
     def ratio(self) -> float:
@@ -100,6 +122,18 @@ def _fmt(value: float, unit: str) -> str:
             return f"{value * 1e3:,.2f} ms"
         return f"{value:,.2f} s"
     return f"{value:,.2f} {unit}"
+
+
+def _fmt_spread(value: float, spread: tuple[float, float] | None, unit: str) -> str:
+    """``value`` with the range of its repeats in brackets, both in the value's unit."""
+    text = _fmt(value, unit)
+    if spread is None or spread[0] == spread[1]:
+        return text
+    number, shown_unit = text.split(" ", 1)
+    scale = {"us": 1e6, "ms": 1e3}.get(shown_unit, 1.0)
+    decimals = len(number.split(".")[1]) if "." in number else 0
+    low, high = (f"{v * scale:,.{decimals}f}" for v in spread)
+    return f"{number} {shown_unit} ({low}-{high})"
 
 
 def format_rows(rows: Sequence[Row]) -> str:
@@ -124,8 +158,8 @@ def format_rows(rows: Sequence[Row]) -> str:
             (
                 row.key,
                 row.label,
-                _fmt(row.engine, row.unit),
-                _fmt(row.baseline, row.unit),
+                _fmt_spread(row.engine, row.engine_range, row.unit),
+                _fmt_spread(row.baseline, row.baseline_range, row.unit),
                 f"{row.ratio:.3g}",
                 row.target,
                 verdict,
@@ -221,11 +255,21 @@ def _progress(text: str, out: Any) -> None:
     print(f"  ... {text}", file=out, flush=True)
 
 
-def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: a b c d e f g h i j) and return the rows."""
+def run(
+    sizes: Sizes,
+    tmp: Path,
+    only: set[str] | None = None,
+    out: Any = None,
+    cluster: Any = None,
+) -> list[Row]:
+    """Run the benchmarks (or the ``only`` ones: letters a to o) and return the rows.
+
+    The PostgreSQL rows start a server of their own, or use ``cluster`` (a
+    started ``PostgresCluster``) when given.
+    """
     out = out or sys.stderr
     rows: list[Row] = []
-    wanted = only or {"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}
+    wanted = only or set(SQLITE_ROWS | POSTGRES_ROWS)
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
     if "a" in wanted:
@@ -364,6 +408,12 @@ def run(sizes: Sizes, tmp: Path, only: set[str] | None = None, out: Any = None) 
                 shortfall=f"{engine - 1.0:.2f} s over",
             )
         )
+    if wanted & POSTGRES_ROWS:
+        from ._postgres_rows import postgres_rows
+
+        rows += postgres_rows(
+            sizes, wanted & POSTGRES_ROWS, lambda text: _progress(text, out), cluster
+        )
     rows.extend(_observability_rows(sizes, tmp, wanted, out))
     return rows
 
@@ -420,14 +470,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--only", metavar="LETTERS", help="run only these rows, e.g. --only ad")
+    parser.add_argument(
+        "--only", metavar="LETTERS", help="run only these rows, e.g. --only ad (a-n)"
+    )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="with --quick: add the PostgreSQL rows k-o (a full run always has them)",
+    )
     parser.add_argument(
         "--profile",
         choices=("memory", "sqlite"),
         help="instead of the table: where the engine's time goes in row (a)",
     )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--pg-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.pg_child:
+        from ._postgres import pg_child
+
+        side, dsn, first, count = args.pg_child
+        pg_child(side, dsn, int(first), int(count))
+        return 0
     if args.child:
         side, kind, count, tmp = args.child
         _run_child(side, kind, int(count), Path(tmp))
@@ -441,6 +505,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     sizes = QUICK if args.quick else Sizes()
     only = set(args.only) if args.only else None
+    if args.quick and only is None:
+        only = set(SQLITE_ROWS | (POSTGRES_ROWS if args.postgres else set()))
+    if only is not None and not only <= SQLITE_ROWS | POSTGRES_ROWS:
+        parser.error(f"--only takes row letters a-n, got {args.only!r}")
     print("hephaestus-trio benchmarks" + (" (--quick)" if args.quick else ""))
     for name, value in machine().items():
         print(f"  {name}: {value}")

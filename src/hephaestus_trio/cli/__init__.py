@@ -16,6 +16,7 @@ import trio
 from .._errors import HephaestusError
 from ._backup import cmd_backup
 from ._commands import CLIError, cmd_cancel, cmd_graph, cmd_resume
+from ._engines import cmd_engines
 from ._inspect import cmd_list, cmd_show, cmd_stats
 from ._parser import build_parser
 
@@ -49,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         "stats": cmd_stats,
         "resume": cmd_resume,
         "cancel": cmd_cancel,
+        "engines": cmd_engines,
     }
     return trio.run(handlers[command], args)
 

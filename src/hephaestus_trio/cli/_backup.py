@@ -23,7 +23,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
     """Copy the ``--storage`` SQLite database to ``DEST``; progress lines go to stderr."""
     storage = open_storage(args.storage)
     if not isinstance(storage, SQLiteStorage):
-        raise CLIError(f"backup copies an SQLite database; {args.storage!r} is not one")
+        raise CLIError(
+            f"backup copies an SQLite database; {args.storage!r} is not one "
+            "(back up PostgreSQL with its own tools: pg_dump, or a base backup)"
+        )
 
     def report(copied: int, total: int) -> None:
         percent = 100 * copied // total if total else 100

@@ -7,6 +7,7 @@ import argparse
 from .._version import __version__
 from ..core._instance import Status
 from ..storage._sqlite_backup import DEFAULT_PAGES_PER_STEP
+from ._engines import configure_engines_parser
 
 __all__ = ["DEFAULT_DB", "DEFAULT_STORAGE", "build_parser"]
 
@@ -19,7 +20,8 @@ _DESCRIPTION = """\
 Durable workflows for Trio: run the demo, draw a workflow, inspect and steer runs.
 
 Commands that take --storage read runs from a storage URL: sqlite:///relative.db,
-sqlite:////absolute/path.db or memory:// (default: %(default_storage)s, the demo's).
+sqlite:////absolute/path.db, postgresql://user@host:port/dbname (the 'postgres'
+extra) or memory:// (default: %(default_storage)s, the demo's).
 Exit status: 0 on success, 1 when the demo ends unexpectedly, 2 on a usage error,
 an unknown id or a refused call (one line on stderr, no traceback).
 """
@@ -337,4 +339,5 @@ def build_parser() -> argparse.ArgumentParser:
     configure_resume_parser(sub, storage)
     configure_cancel_parser(sub, storage)
     configure_backup_parser(sub, storage)
+    configure_engines_parser(sub, storage)
     return parser

@@ -138,13 +138,24 @@ class Incarnation:
         old = self.state
         storage = self.engine.storage
         lease = self.entry.lease
+        was_closing = self.entry.closing
+        if new.is_terminal:
+            # The terminal write ends the lease: a renewal answering while it is
+            # in flight no longer finds the run, which is not a lost lease (and
+            # stopping the run then could cancel the write's answer, losing the
+            # run's one announcement).
+            self.entry.closing = True
         timed = self.engine.bus.wants("storage.commit")
         began = trio.current_time() if timed else 0.0
-        added = await self.io(
-            lambda: storage.write(
-                lease, new, now=self.now(), consume=consume, add_timers=add_timers
+        try:
+            added = await self.io(
+                lambda: storage.write(
+                    lease, new, now=self.now(), consume=consume, add_timers=add_timers
+                )
             )
-        )
+        except BaseException:
+            self.entry.closing = was_closing
+            raise
         if timed:
             self.emit("storage.commit", {"duration": trio.current_time() - began})
         for seq in consume:

@@ -141,6 +141,11 @@ class Engine:
         self._claim_doorbell = trio.Event()
         self._owning = trio.Event()
         self._seen_wakeup = 0
+        # Until this Trio time, the claim loop looks every lease_renewal for
+        # runs of its own it stopped without releasing them (the storage was
+        # unreachable past the trust window): their leases lapse in the
+        # storage, and next_wake ignores runs held by this engine.
+        self._reclaim_until = -math.inf
         self._closed = False
         self._refused: dict[str, str] = {}
         """run_id -> the mismatch that made this engine refuse it (logged once at ERROR)."""

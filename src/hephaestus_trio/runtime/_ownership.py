@@ -13,9 +13,13 @@ correctness-critical depends on any one of them being fast:
 - **heartbeat** (``renew_loop``): renew every lease in one call per period.
   A run missing from the answer lost its lease and is stopped locally at
   once. A renewal that *fails* (an error, not a refusal) is retried until
-  the trust window ends, measured on Trio's clock from the last success;
-  past it the engine stops all its runs, since a peer may own them by then.
-  It also asks the storage to reap engines it can prove dead.
+  the trust window ends, measured on Trio's clock from the *start* of the
+  last successful renewal (the storage extended the leases no earlier than
+  that); past it the engine stops all its runs, since a peer may own them by
+  then. Runs stopped so are still this engine's in the storage until their
+  leases lapse, and ``next_wake`` ignores runs the engine holds, so the
+  claim loop then looks for them every renewal period for two TTLs. It also
+  asks the storage to reap engines it can prove dead.
 
 Idle engines create no periodic deadlines (the heartbeat sleeps while no
 run is owned), which keeps long virtual waits under ``MockClock`` cheap.
@@ -25,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import trio
 
@@ -93,6 +97,8 @@ async def claim_loop(engine: Engine) -> None:
             await trio.sleep(_RETRY_DELAY)
             continue
         deadline = engine.clock.deadline(wake) if wake is not None else math.inf
+        if trio.current_time() < engine._reclaim_until:
+            deadline = min(deadline, trio.current_time() + engine.lease_renewal)
         with trio.move_on_at(deadline):
             seen = await _until_change(engine, seen)
 
@@ -128,15 +134,30 @@ async def renew_loop(engine: Engine) -> None:
         # One tick in a function of its own: its locals (every entry of this
         # round) must not outlive it while the loop sleeps, or runs that
         # hibernated meanwhile would stay in memory until the next round.
-        if await _renew_once(engine, last_ok):
+        attempt = trio.current_time()
+        outcome = await _renew_once(engine, last_ok)
+        if outcome == "renewed":
+            last_ok = attempt
+        elif outcome == "stopped":
+            # Every run was stopped: runs claimed from now on hold fresh leases,
+            # whose trust window starts now (not at the last success). The
+            # stopped runs are still ours in the storage until their leases
+            # lapse; look for them (and let peers) until well after that.
             last_ok = trio.current_time()
+            engine._reclaim_until = last_ok + 2 * engine.lease_ttl
+            engine._wake_claims()
 
 
-async def _renew_once(engine: Engine, last_ok: float) -> bool:
-    """One heartbeat; ``True`` when the storage answered."""
+async def _renew_once(engine: Engine, last_ok: float) -> Literal["renewed", "failed", "stopped"]:
+    """One heartbeat: the storage answered, or failed within the trust window, or
+    failed past it (every run was stopped here)."""
     entries: list[RunEntry] = list(engine._runs.values())
     sent = {entry.run_id: entry.lease for entry in entries}
+    window = engine.lease_ttl - engine.lease_renewal
     try:
+        # No deadline around the call: under a virtual clock a slow real write
+        # would make Trio's clock jump to it and stop healthy runs. A renewal
+        # reaching an unreachable database ends with the storage's connect timeout.
         renewed = await engine.storage.renew(
             engine.engine_id,
             list(sent.values()),
@@ -145,7 +166,6 @@ async def _renew_once(engine: Engine, last_ok: float) -> bool:
         )
         dead = await engine.storage.reap_engines(now=engine.clock.now())
     except Exception as exc:
-        window = engine.lease_ttl - engine.lease_renewal
         silent = trio.current_time() - last_ok
         if silent >= window:
             logger.error(
@@ -156,9 +176,9 @@ async def _renew_once(engine: Engine, last_ok: float) -> bool:
             )
             for entry in list(engine._runs.values()):
                 entry.stop_lost()
-        else:
-            logger.warning("lease renewal failed (%r); retrying", exc)
-        return False
+            return "stopped"
+        logger.warning("lease renewal failed (%r); retrying", exc)
+        return "failed"
     by_run = {lease.run_id: lease for lease in renewed}
     for entry in entries:
         if entry.lease is not sent[entry.run_id]:
@@ -172,4 +192,4 @@ async def _renew_once(engine: Engine, last_ok: float) -> bool:
     if dead:
         logger.warning("engines %s are dead; taking over their runs", dead)
         engine._wake_claims()
-    return True
+    return "renewed"
