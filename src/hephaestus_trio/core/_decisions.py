@@ -33,10 +33,8 @@ import attrs
 from .._errors import DefinitionMismatch, HephaestusError, InvalidResume, UndeclaredEvent
 from ._engine import (
     _dead_checker,
-    activate_transitions,
+    _transition,
     cancel,
-    check_completion,
-    complete_step,
     fail,
     park,
 )
@@ -126,7 +124,8 @@ def _complete(
 ) -> Decision:
     """Complete ``step`` with ``event``, take its transitions and settle; a bad input fails."""
     try:
-        new = complete_step(
+        # complete_step + activate_transitions + check_completion, one Instance.
+        new = _transition(
             inst,
             step,
             event,
@@ -137,8 +136,6 @@ def _complete(
             wakeup=wakeup,
             workflow=workflow,
         )
-        new = activate_transitions(new, step, event, at=at, workflow=workflow)
-        new = check_completion(new, workflow=workflow, at=at)
     except UndeclaredEvent as exc:
         error = ErrorRecord.from_exception("undeclared_event", step, exc, with_traceback=False)
         return _failed(inst, error, at, step)

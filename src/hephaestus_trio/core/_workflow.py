@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 from .._errors import InvalidValue, UnknownWorkflow, WorkflowDefinitionError
+from ._compiled import CompiledWorkflow, compile_definition
 from ._facade import FacadeMixin
 from ._graph import Definition, Graph, RouteSpec, build_definition, parse_target
 from ._json import check_json_safe
@@ -94,6 +95,7 @@ class Workflow(FacadeMixin):
     family: ClassVar[str]
     """Name shared by every version of a workflow (the dispatcher's, if any)."""
     _definition: ClassVar[Definition | None] = None
+    _compiled: ClassVar[CompiledWorkflow | None] = None
     _shape: ClassVar[DefinitionShape | None] = None
     _fingerprint: ClassVar[str | None] = None
 
@@ -130,6 +132,8 @@ class Workflow(FacadeMixin):
             cls.versions = None
             routes = [v for v in vars(cls).values() if isinstance(v, RouteSpec)]
             cls._definition = build_definition(label, cls.start_at, cls.transitions, routes)
+            # The tables the pure engine applies per transition (no graph rescans).
+            cls._compiled = compile_definition(cls._definition)
             # Once per class: every run started from it records both.
             cls._shape = shape_of(cls._definition)
             cls._fingerprint = cls._shape.fingerprint
@@ -146,6 +150,18 @@ class Workflow(FacadeMixin):
                 f"use one of its versions {sorted(cls.versions or {})}"
             )
         return cls._definition
+
+    @classmethod
+    def compiled(cls) -> CompiledWorkflow:
+        """The definition compiled into lookup tables, built once with the class.
+
+        The pure engine applies a transition through these tables in time
+        proportional to the steps it decides, not to the size of the graph.
+        """
+        if cls._compiled is None:
+            cls.definition()  # raises the dispatcher's TypeError
+            raise AssertionError("unreachable: a class with a definition is compiled")
+        return cls._compiled
 
     @classmethod
     def definition_shape(cls) -> DefinitionShape:
@@ -338,6 +354,7 @@ def _configure_dispatcher(
     cls.current = current
     cls.version = current
     cls._definition = None
+    cls._compiled = None
     cls._shape = cls._fingerprint = None
     for version_cls in versions.values():
         version_cls.family = cls.name
