@@ -302,6 +302,32 @@ async def test_cancelling_many_calls_leaves_nothing_running(postgres_dsn: str) -
         assert await storage.query() == []
 
 
+async def test_renewals_do_not_queue_behind_a_busy_pool(postgres_dsn: str) -> None:
+    # Every pooled connection busy with a long transaction (a burst of
+    # transitions, a slow disk): the heartbeat has a connection of its own, so
+    # the engine's leases do not lapse while it is alive.
+    async with opened(postgres_dsn, pool_size=2, clock="caller") as storage:
+        lease = await storage.create(make_instance(run_id="r1"), now=T0, owner="e1", ttl=30)
+        assert lease is not None
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(
+                    storage._run, "sleep", lambda conn: conn.execute("SELECT pg_sleep(60)")
+                )
+            with trio.fail_after(DEADLINE):
+                while len(active_queries(postgres_dsn, "pg_sleep(60)")) < 2:
+                    await trio.sleep(0.05)
+            started = time.monotonic()
+            with trio.fail_after(DEADLINE):
+                renewed = await storage.renew("e1", [lease], now=T0 + timedelta(seconds=10), ttl=30)
+            took = time.monotonic() - started
+            nursery.cancel_scope.cancel()
+        assert [r.run_id for r in renewed] == ["r1"]
+        assert renewed[0].expires_at == T0 + timedelta(seconds=40)
+        assert took < 10, f"the renewal waited {took:.1f}s behind the busy pool"
+        assert active_queries(postgres_dsn, "pg_sleep(60)") == []
+
+
 # -- NOTIFY and LISTEN --------------------------------------------------------------
 
 

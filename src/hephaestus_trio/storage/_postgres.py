@@ -245,6 +245,7 @@ class PostgresStorage:
         self._application_name = application_name
         self._idle_timeout_ms = max(1, round(idle_in_transaction_timeout * 1000))
         self._executor: Executor | None = None
+        self._heartbeat: Executor | None = None
         self._listener = _Listener()
         self._lifecycle = trio.Lock()
         self._is_open = False
@@ -330,32 +331,42 @@ class PostgresStorage:
                     schema.migrate(conn, redact(self._dsn))
 
             await trio.to_thread.run_sync(migrate)
-            pool = psycopg_pool.ConnectionPool(
-                self._dsn,
-                min_size=min(2, self._pool_size),
-                max_size=self._pool_size,
-                kwargs={
-                    "autocommit": True,
-                    "application_name": self._application_name,
-                    "connect_timeout": max(1, round(self._connect_timeout)),
-                },
-                open=False,
-                configure=self._configure,
-                timeout=self._connect_timeout,
-                name=f"hephaestus-trio {redact(self._dsn)}",
-            )
 
-            def open_pool() -> None:
+            def new_pool(size: int, role: str) -> Any:
+                return psycopg_pool.ConnectionPool(
+                    self._dsn,
+                    min_size=min(2, size),
+                    max_size=size,
+                    kwargs={
+                        "autocommit": True,
+                        "application_name": self._application_name,
+                        "connect_timeout": max(1, round(self._connect_timeout)),
+                    },
+                    open=False,
+                    configure=self._configure,
+                    timeout=self._connect_timeout,
+                    name=f"hephaestus-trio {role} {redact(self._dsn)}",
+                )
+
+            pool = new_pool(self._pool_size, "pool")
+            # Heartbeats get a connection of their own: a renewal queued behind a
+            # burst of transitions on a saturated pool would let leases lapse
+            # under an engine that is alive, and its runs be taken over.
+            heartbeat_pool = new_pool(1, "heartbeat")
+
+            def open_pools() -> None:
                 try:
                     pool.open(wait=True, timeout=self._connect_timeout)
+                    heartbeat_pool.open(wait=True, timeout=self._connect_timeout)
                 except psycopg_pool.PoolTimeout as exc:
                     pool.close(timeout=0)
+                    heartbeat_pool.close(timeout=0)
                     raise StorageError(
                         f"PostgreSQL storage {redact(self._dsn)}: the connection pool did not "
                         f"open within {self._connect_timeout}s ({exc})"
                     ) from exc
 
-            await trio.to_thread.run_sync(open_pool)
+            await trio.to_thread.run_sync(open_pools)
             self._listener = _Listener()
             try:
                 if self._notify:
@@ -367,8 +378,10 @@ class PostgresStorage:
                     self._listener.conn.close()
                 self._listener = _Listener()
                 pool.close(timeout=0)
+                heartbeat_pool.close(timeout=0)
                 raise
             self._executor = Executor(pool, self._pool_size)
+            self._heartbeat = Executor(heartbeat_pool, 1)
             sender = self._sender
 
             async def notify() -> None:
@@ -390,6 +403,7 @@ class PostgresStorage:
             if coalescer is not None:
                 self._notifies_before += coalescer.sent
             executor, self._executor = self._executor, None
+            heartbeat, self._heartbeat = self._heartbeat, None
             listener, self._listener = self._listener, _Listener()
             self._owned_marks.clear()
             _ENGINES_HERE.difference_update(self._registered)
@@ -403,6 +417,8 @@ class PostgresStorage:
                 await trio.to_thread.run_sync(conn.close)
             if executor is not None:
                 await trio.to_thread.run_sync(lambda: executor.pool.close(timeout=5.0))
+            if heartbeat is not None:
+                await trio.to_thread.run_sync(lambda: heartbeat.pool.close(timeout=5.0))
 
     def _connect(self, driver: Any, application_name: str) -> psycopg.Connection[Any]:
         """Worker thread: one autocommit connection of our own (``StorageError`` if refused)."""
@@ -442,9 +458,20 @@ class PostgresStorage:
         _aware(now)
         return now if self._clock == "caller" else None
 
-    async def _run(self, what: str, fn: Callable[[psycopg.Connection[Any]], _T]) -> _T:
-        """One transaction on a pooled connection; driver errors become ``StorageError``."""
+    async def _run(
+        self,
+        what: str,
+        fn: Callable[[psycopg.Connection[Any]], _T],
+        *,
+        heartbeat: bool = False,
+    ) -> _T:
+        """One transaction on a pooled connection; driver errors become ``StorageError``.
+
+        ``heartbeat`` runs it on the connection reserved for lease renewals.
+        """
         executor = self._check_open()
+        if heartbeat and self._heartbeat is not None:
+            executor = self._heartbeat
         import psycopg
 
         def call(conn: psycopg.Connection[Any]) -> _T:
@@ -622,7 +649,7 @@ class PostgresStorage:
         at, ttl = self._now(now), _ttl(ttl)
         held = [lease for lease in leases if lease.owner == owner]
         renewed = await self._run(
-            "renew", lambda conn: ops.renew(conn, owner, held, now=at, ttl=ttl)
+            "renew", lambda conn: ops.renew(conn, owner, held, now=at, ttl=ttl), heartbeat=True
         )
         return [
             attrs.evolve(lease, expires_at=renewed[(lease.run_id, lease.epoch)])
