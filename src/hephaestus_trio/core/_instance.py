@@ -59,13 +59,15 @@ class Status(enum.Enum):
     @property
     def is_terminal(self) -> bool:
         """Completed, failed or cancelled: the run will never change again."""
-        # Identity tests: Enum.__hash__ is Python code, and this runs on every transition.
-        return self is Status.COMPLETED or self is Status.FAILED or self is Status.CANCELLED
+        # Runs several times per transition. Identity tests against module globals:
+        # Enum.__hash__ is Python code, and on 3.11 even ``Status.COMPLETED`` is a
+        # slow descriptor lookup.
+        return self is _COMPLETED or self is _FAILED or self is _CANCELLED
 
     @property
     def is_live(self) -> bool:
         """Pending, running or waiting: the run holds its business key."""
-        return not self.is_terminal
+        return not (self is _COMPLETED or self is _FAILED or self is _CANCELLED)
 
     @classmethod
     def coerce(cls, value: Status | str) -> Status:
@@ -78,6 +80,9 @@ class Status(enum.Enum):
             raise InvalidValue(
                 f"unknown status {value!r}; expected one of {[s.value for s in cls]}"
             ) from None
+
+
+_COMPLETED, _FAILED, _CANCELLED = Status.COMPLETED, Status.FAILED, Status.CANCELLED
 
 
 def _utc(value: datetime) -> datetime:

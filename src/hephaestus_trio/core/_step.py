@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, final
 
@@ -94,6 +95,10 @@ def snake_case(name: str) -> str:
     return _CAMEL.sub("_", name).lower()
 
 
+_ASYNC_EXECUTE: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+"""``Step.is_async`` answers, per ``execute`` function."""
+
+
 class Step:
     """Base class of every step.
 
@@ -151,8 +156,22 @@ class Step:
 
     @classmethod
     def is_async(cls) -> bool:
-        """Whether ``execute`` is a coroutine function (else it runs in a thread)."""
-        return inspect.iscoroutinefunction(cls.execute)
+        """Whether ``execute`` is a coroutine function (else it runs in a thread).
+
+        Asked once per attempt on the hot path, and ``inspect`` is slow at it, so
+        the answer is kept per function object (a class whose ``execute`` is
+        replaced gets a fresh answer; a discarded class does not stay alive).
+        """
+        execute = cls.execute
+        try:
+            return _ASYNC_EXECUTE[execute]
+        except (KeyError, TypeError):
+            answer = inspect.iscoroutinefunction(execute)
+        try:
+            _ASYNC_EXECUTE[execute] = answer
+        except TypeError:
+            pass  # not weak-referenceable: answered, just not kept
+        return answer
 
 
 def _check_step_class(cls: type[Step]) -> None:

@@ -36,6 +36,9 @@ class EventBus:
     def __init__(self) -> None:
         self._subscriptions: list[tuple[Handler, frozenset[str] | None]] = []
         self._capturers: list[tuple[Handler, Callable[[], Mapping[str, str] | None]]] = []
+        self._wanted: dict[str, bool] = {}
+        """``wants`` answers, asked several times per transition; cleared on every
+        change of the subscriptions."""
 
     def subscribe(
         self, handler: Handler, events: Iterable[str] | None = None
@@ -56,6 +59,7 @@ class EventBus:
             if unknown:
                 raise InvalidValue(f"unknown event name(s) {unknown}; known: {list(EVENT_NAMES)}")
         entry = (handler, wanted)
+        self._wanted.clear()
         self._subscriptions.append(entry)
         capture = getattr(handler, "capture_trace_context", None)
         capturer = (handler, capture) if callable(capture) else None
@@ -65,6 +69,7 @@ class EventBus:
         def unsubscribe() -> None:
             if entry in self._subscriptions:
                 self._subscriptions.remove(entry)
+                self._wanted.clear()
             if capturer is not None and capturer in self._capturers:
                 self._capturers.remove(capturer)
 
@@ -93,7 +98,13 @@ class EventBus:
 
     def wants(self, name: str) -> bool:
         """Whether any handler listens to ``name`` (lets callers skip building metadata)."""
-        return any(w is None or name in w for _, w in self._subscriptions)
+        try:
+            return self._wanted[name]
+        except KeyError:
+            answer = self._wanted[name] = any(
+                w is None or name in w for _, w in self._subscriptions
+            )
+            return answer
 
     def emit(
         self,
@@ -119,3 +130,4 @@ class EventBus:
                 )
                 if entry in self._subscriptions:
                     self._subscriptions.remove(entry)
+                    self._wanted.clear()

@@ -25,12 +25,20 @@ class WallClock:
         self._source = source
         self._anchor = datetime.now(UTC)
         self._trio_anchor = trio.current_time()
+        self._last_trio = self._trio_anchor
+        self._last = self._anchor
 
     def now(self) -> datetime:
         """Current wall time, UTC."""
         if self._source is not None:
             return self._source()
-        return self._anchor + timedelta(seconds=trio.current_time() - self._trio_anchor)
+        # Asked several times per transition at the same Trio time: answer
+        # from the last computation when the clock has not moved.
+        at = trio.current_time()
+        if at != self._last_trio:
+            self._last_trio = at
+            self._last = self._anchor + timedelta(seconds=at - self._trio_anchor)
+        return self._last
 
     def deadline(self, fire_at: datetime) -> float:
         """Trio-clock deadline for wall time ``fire_at`` (already past: now)."""

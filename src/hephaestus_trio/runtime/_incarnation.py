@@ -194,14 +194,20 @@ class Incarnation:
 
     async def _drive(self) -> None:
         storage = self.engine.storage
-        inst = await self.io(lambda: storage.get(self.run_id))
-        if inst is None or inst.is_terminal:
-            return
+        inst, self.entry.initial = self.entry.initial, None
+        created_here = inst is not None
+        if inst is None:
+            inst = await self.io(lambda: storage.get(self.run_id))
+            if inst is None or inst.is_terminal:
+                return
         self.inst = inst
         self.workflow = self.engine.workflow_for(inst)
         self.metadata = self.entry.metadata = self.engine.metadata_for(inst)
         self._announce_start(inst)
-        await self.refresh()
+        if not created_here:
+            # A run created by this engine has no wakeup it has not been poked
+            # about (``seen`` stays 0, so ``release`` still reports any it missed).
+            await self.refresh()
         try:
             decide.check_definition(inst, self.workflow)
         except DefinitionMismatch as exc:
@@ -288,11 +294,16 @@ class Incarnation:
         if self.inline is not None:
             return await self._run_inline(self.inline)
         deadline = self._next_due()
+        if deadline == math.inf:
+            # No timer armed (the common case): no scope to build and tear down.
+            return await self.entry.recv.receive()
         with trio.move_on_at(deadline):
             return await self.entry.recv.receive()
         return None  # a timer is due
 
     def _next_due(self) -> float:
+        if not self.wakeups:
+            return math.inf
         due = [
             w.due_at
             for w in self.wakeups.values()

@@ -106,6 +106,10 @@ class _Options:
     lease_renewal: float
 
 
+FINALS_KEPT = 1024
+"""How many of its most recently ended runs an engine keeps to answer ``wait``."""
+
+
 @final
 class Engine:
     """The running engine yielded by ``open_engine``; do not construct it directly.
@@ -149,6 +153,9 @@ class Engine:
         self._closed = False
         self._refused: dict[str, str] = {}
         """run_id -> the mismatch that made this engine refuse it (logged once at ERROR)."""
+        self._finals: dict[str, Instance] = {}
+        """The terminal state of the runs this engine ended most recently (at most
+        ``FINALS_KEPT``): ``wait`` answers from here instead of re-reading them."""
 
     @property
     def engine_id(self) -> str:
@@ -217,13 +224,17 @@ class Engine:
         if self._closed:
             raise EngineClosed("this engine is closed; open a new one with open_engine()")
 
-    def _spawn(self, lease: Lease) -> None:
-        """Drive the run ``lease`` is for (idempotent: a re-claim only refreshes the lease)."""
+    def _spawn(self, lease: Lease, initial: Instance | None = None) -> None:
+        """Drive the run ``lease`` is for (idempotent: a re-claim only refreshes the lease).
+
+        ``initial`` is the state of a run this engine has just created: its loop
+        starts from it rather than reading it back.
+        """
         entry = self._runs.get(lease.run_id)
         if entry is not None and not entry.closing and not entry.lost:
             entry.lease = lease
             return
-        entry = RunEntry(lease)
+        entry = RunEntry(lease, initial)
         self._runs[lease.run_id] = entry
         self._owning.set()
         signal = self._terminal.get(lease.run_id)
@@ -252,6 +263,10 @@ class Engine:
 
     def _finished(self, instance: Instance) -> None:
         """Announce a terminal run; called once, by the loop that wrote the terminal state."""
+        finals = self._finals
+        finals[instance.run_id] = instance
+        if len(finals) > FINALS_KEPT:
+            del finals[next(iter(finals))]  # the oldest: dicts keep insertion order
         meta = self.metadata_for(instance)
         self._refused.pop(instance.run_id, None)
         if instance.status is Status.FAILED:
@@ -333,7 +348,7 @@ class Engine:
             raise AlreadyRunning(id, chosen.family, chosen.unique.scope) from exc
         assert lease is not None
         self.bus.emit("workflow.start", {}, self.metadata_for(instance))
-        self._spawn(lease)
+        self._spawn(lease, instance)
         return instance.id
 
     async def resume(
@@ -596,6 +611,12 @@ class Engine:
         seen = -1
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
+                final = self._finals.get(run_id)
+                if final is not None:
+                    # Ended by this engine: a terminal state never changes again
+                    # (it may only be deleted later), so no read is needed.
+                    await trio.lowlevel.checkpoint()
+                    return final
                 signal = self._terminal.get(run_id)
                 if signal is None or signal.is_set():
                     signal = self._terminal[run_id] = trio.Event()

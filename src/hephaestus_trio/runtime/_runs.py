@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from ..core._instance import Instance
 from ..storage._protocol import Lease
 from ._messages import Message, Poke
 
@@ -24,7 +25,7 @@ __all__ = ["RunEntry"]
 class RunEntry:
     """One run driven by this engine."""
 
-    def __init__(self, lease: Lease) -> None:
+    def __init__(self, lease: Lease, initial: Instance | None = None) -> None:
         self.run_id = lease.run_id
         self.lease = lease
         # Unbounded: step tasks report once per step and pokes are coalesced,
@@ -42,6 +43,9 @@ class RunEntry:
         self._interrupt: Callable[[], None] | None = None
         self.incarnation: Any = None
         """The loop driving the run now, if one runs (``Engine.statistics`` reads it)."""
+        self.initial: Instance | None = initial
+        """The state this engine just created the run with, for its first loop only:
+        that loop starts from it instead of reading back what it wrote."""
 
     def poke(self) -> None:
         """Ask the loop to re-read the run's wakeups (coalesced)."""
