@@ -171,13 +171,28 @@ class Gated(Workflow, unique=Unique(key="gated"), name="pg.gated"):
 
 
 class Order(Workflow, unique=Unique(key="order"), name="pg.order"):
-    """prepare -> finish -> done: the key that 50 concurrent starts compete for."""
+    """prepare -> finish -> done."""
 
     start_at = Prepare
     transitions = {(Prepare, "ok"): Finish, (Finish, "ok"): Done}
 
 
-WORKFLOWS: tuple[type[Workflow], ...] = (Approve, Held, Gated, Order)
+class Contested(Workflow, unique=Unique(key="contested"), name="pg.contested"):
+    """prepare -> wait for "go" -> finish -> done: the key 50 concurrent starts compete for.
+
+    The run stays live, parked, until the test resumes it: every start meets a
+    live run however fast the first one got to its end.
+    """
+
+    start_at = Prepare
+    transitions = {
+        (Prepare, "ok"): (WaitForEvent, {"event_name": "go"}),
+        (WaitForEvent, "received"): Finish,
+        (Finish, "ok"): Done,
+    }
+
+
+WORKFLOWS: tuple[type[Workflow], ...] = (Approve, Held, Gated, Order, Contested)
 BY_NAME = {w.__name__: w for w in WORKFLOWS}
 FACTORS = {"prepare": 2, "hold": 3, "finish": 5}
 

@@ -520,7 +520,10 @@ async def test_fifty_concurrent_starts_of_one_business_key_from_three_engines(
     names = {
         role: engines.send(
             role,
-            {"op": "start", "runs": [["Order", "order::same", _initial(k)] for k in range(n)]},
+            {
+                "op": "start",
+                "runs": [["Contested", "contested::same", _initial(k)] for k in range(n)],
+            },
         )
         for role, n in shares.items()
     }
@@ -528,9 +531,10 @@ async def test_fifty_concurrent_starts_of_one_business_key_from_three_engines(
     for role, name in names.items():
         outcomes.update((await engines.result(role, name)).values())
     assert outcomes == Counter({"started": 1, "already_running": 49})
-    final = await engines.until({"order::same": Status.COMPLETED})
+    await resume_from_outside(engines.dsn, ["contested::same"])
+    final = await engines.until({"contested::same": Status.COMPLETED})
     async with PostgresStorage(engines.dsn) as storage:
-        assert len(await storage.query(id="order::same")) == 1
+        assert len(await storage.query(id="contested::same")) == 1
     count = Counter((x.instance, x.step) for x in engines.lines())
-    assert count == Counter({("order::same", "prepare"): 1, ("order::same", "finish"): 1})
-    assert final["order::same"].status is Status.COMPLETED
+    assert count == Counter({("contested::same", "prepare"): 1, ("contested::same", "finish"): 1})
+    assert final["contested::same"].status is Status.COMPLETED

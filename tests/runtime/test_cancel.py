@@ -20,6 +20,7 @@ from hephaestus_trio import (
     Event,
     InstanceNotFound,
     InvalidResume,
+    MemoryStorage,
     NotCancellable,
     Status,
     Step,
@@ -236,3 +237,93 @@ async def test_cancel_does_not_touch_other_instances(autojump_clock: Any):
     assert final_b.status is Status.COMPLETED
     assert CALLS[b, "after"] == 1
     assert CALLS[a, "after"] == 0
+
+
+class Fast(Step):
+    events = ("ok",)
+
+    async def execute(self, instance: Any, config: Any, context: Any) -> str:
+        CALLS[instance.id, "fast"] += 1
+        return "ok"
+
+
+class Joined(Step):
+    events = ("ok",)
+
+    async def execute(self, instance: Any, config: Any, context: Any) -> str:
+        CALLS[instance.id, "joined"] += 1
+        return "ok"
+
+
+class Fanned(Workflow, unique=Unique(key="fanned")):
+    """before -> [fast, busy] -> joined -> done: two steps in tasks of their own."""
+
+    start_at = Before
+    transitions = {
+        (Before, "ok"): [Fast, Busy],
+        (Fast, "ok"): Joined,
+        (Busy, "ok"): Joined,
+        (Joined, "ok"): Done,
+    }
+
+
+class GatedWrites(MemoryStorage):
+    """Holds the first write of a completed ``fast`` step until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = trio.Event()
+        self.release = trio.Event()
+
+    async def write(self, lease: Any, instance: Any, **kwargs: Any) -> Any:
+        if "fast" in instance.completed_steps and not self.holding.is_set():
+            self.holding.set()
+            await self.release.wait()
+        return await super().write(lease, instance, **kwargs)
+
+
+async def test_cancel_stops_every_step_running_in_a_task(autojump_clock: Any):
+    async with open_engine(workflows=[Fanned]) as engine:
+        iid = await engine.start_instance(Fanned, {}, id="fanned::tasks")
+        await trio.sleep(1)
+        assert (await engine.get(iid)).running_steps == {"busy"}
+        cancelled = await engine.cancel(iid)
+        assert engine.live_tasks == 0
+        await trio.sleep(1000)
+    assert cancelled.status is Status.CANCELLED
+    assert [e.step for e in cancelled.execution_history] == ["before", "fast"]
+    assert CALLS == {
+        (iid, "before"): 1,
+        (iid, "fast"): 1,
+        (iid, "busy.start"): 1,
+        (iid, "busy.cancelled"): 1,
+    }
+
+
+async def test_cancel_during_a_write_lets_the_write_finish_then_stops_the_steps(
+    autojump_clock: Any,
+):
+    """A cancel request arriving while the run's loop waits for a write never cuts that
+    write: it lands, then the steps still executing are stopped and nothing else runs."""
+    storage = GatedWrites()
+    async with open_engine(storage, workflows=[Fanned]) as engine:
+        iid = await engine.start_instance(Fanned, {}, id="fanned::write")
+        await storage.holding.wait()  # fast finished; its write is in flight
+        async with trio.open_nursery() as nursery:
+            results: list[Any] = []
+
+            async def cancel() -> None:
+                results.append(await engine.cancel(iid))
+
+            nursery.start_soon(cancel)
+            await trio.sleep(1)
+            assert not results  # the cancel waits for the write in flight
+            storage.release.set()
+        cancelled = results[0]
+        assert engine.live_tasks == 0
+        await trio.sleep(1000)
+    assert cancelled.status is Status.CANCELLED
+    assert [e.step for e in cancelled.execution_history] == ["before", "fast"]
+    assert CALLS[iid, "busy.cancelled"] == 1
+    assert CALLS[iid, "busy.end"] == 0
+    assert CALLS[iid, "joined"] == 0

@@ -113,7 +113,7 @@ class EventBus:
         metadata: Mapping[str, Any] | None = None,
     ) -> None:
         """Deliver one event to every interested handler."""
-        if not self._subscriptions:
+        if not self._subscriptions or not self.wants(name):
             return
         event: Event | None = None
         for entry in list(self._subscriptions):

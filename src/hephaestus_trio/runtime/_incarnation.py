@@ -89,9 +89,16 @@ class Incarnation:
         self.unread = False
         """A write added timers since the last read of the wakeups: ``seen`` may skip
         wakeups others added meanwhile (seqs are global), so re-read before releasing."""
-        self.executing: dict[str, trio.CancelScope] = {}
+        self.executing: set[str] = set()
+        """Steps executing now: inline in the loop, or in a task of the run's nursery."""
         self.inline: str | None = None
         self.nursery: trio.Nursery | None = None
+        self.interrupting = False
+        """A cancel request asked to stop the executing steps: the nursery is (or is
+        about to be) cancelled, and the loop resumes outside it."""
+        self.at_rest = False
+        """The loop is awaiting a message or running a step inline: no storage call
+        is in flight, so cancelling the nursery loses nothing."""
         self.final: Instance | None = None
         self.metadata: dict[str, Any] = {}
         self.backing_off: set[str] = set()
@@ -106,7 +113,14 @@ class Incarnation:
     # -- plumbing -----------------------------------------------------------
 
     async def io(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run one storage call; any failure but a lost lease is a ``StorageFault``."""
+        """Run one storage call; any failure but a lost lease is a ``StorageFault``.
+
+        No call starts once steps are being interrupted: the nursery is cancelled
+        and the loop leaves it here, before the call, never in the middle of one.
+        """
+        if self.interrupting and self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+            await trio.lowlevel.checkpoint()  # Cancelled, unless shielded (a failed attempt)
         try:
             return await call()
         except (LeaseLost, WakeupGone, trio.Cancelled):
@@ -216,29 +230,20 @@ class Incarnation:
         self.entry.set_interrupt(self._interrupt_steps)
         self.entry.incarnation = self
         try:
-            async with trio.open_nursery() as nursery:
-                self.nursery = nursery
-                if self.state.status is Status.PENDING:
-                    started = trio.current_time()
-                    await self.commit(
-                        pure.advance(self.state, workflow=self.workflow, at=self.now())
-                    )
-                    self.emit("engine.advance", {"duration": trio.current_time() - started})
-                while True:
-                    await self._apply_wakeups()
-                    if self.state.is_terminal:
-                        break
-                    self._reconcile()
-                    if not self.executing:
-                        if self.unread and await self._reread():
-                            continue  # wakeups added while we wrote: apply them first
-                        if await self._hibernate():
-                            break
-                    message = await self._next_message()
-                    await self._handle(message)
-                    if self.state.is_terminal:
-                        break
-                nursery.cancel_scope.cancel()
+            while True:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    await self._loop()
+                    nursery.cancel_scope.cancel()
+                self.nursery = None
+                if not self.interrupting:
+                    break
+                # Interrupted for a cancel request: every step is gone with the
+                # nursery. Apply the request (a fresh nursery's loop does, first).
+                self.interrupting = False
+                self.executing.clear()
+                self.inline = None
+                await self.refresh()
         finally:
             self.entry.set_interrupt(None)
             if self.entry.incarnation is self:
@@ -247,6 +252,28 @@ class Incarnation:
                 self.entry.closing = True
                 # Only the loop that wrote the terminal state announces it: once.
                 self.engine._finished(self.final)
+
+    async def _loop(self) -> None:
+        """Apply inputs and start steps until the run is terminal or hibernates."""
+        assert self.workflow is not None
+        if self.state.status is Status.PENDING:
+            started = trio.current_time()
+            await self.commit(pure.advance(self.state, workflow=self.workflow, at=self.now()))
+            self.emit("engine.advance", {"duration": trio.current_time() - started})
+        while True:
+            await self._apply_wakeups()
+            if self.state.is_terminal:
+                return
+            self._reconcile()
+            if not self.executing:
+                if self.unread and await self._reread():
+                    continue  # wakeups added while we wrote: apply them first
+                if await self._hibernate():
+                    return
+            message = await self._next_message()
+            await self._handle(message)
+            if self.state.is_terminal:
+                return
 
     async def fail_for_good(self, crash: BaseException, restarts: int) -> None:
         """The give-up after the restart budget: one write of ``failed``, announced once."""
@@ -294,12 +321,22 @@ class Incarnation:
         if self.inline is not None:
             return await self._run_inline(self.inline)
         deadline = self._next_due()
-        if deadline == math.inf:
-            # No timer armed (the common case): no scope to build and tear down.
-            return await self.entry.recv.receive()
-        with trio.move_on_at(deadline):
-            return await self.entry.recv.receive()
-        return None  # a timer is due
+        self._rest()
+        try:
+            if deadline == math.inf:
+                # No timer armed (the common case): no scope to build and tear down.
+                return await self.entry.recv.receive()
+            with trio.move_on_at(deadline):
+                return await self.entry.recv.receive()
+            return None  # a timer is due
+        finally:
+            self.at_rest = False
+
+    def _rest(self) -> None:
+        """The loop is about to wait or run a step: an interrupt may now cancel at once."""
+        self.at_rest = True
+        if self.interrupting and self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     def _next_due(self) -> float:
         if not self.wakeups:
@@ -313,10 +350,10 @@ class Incarnation:
 
     async def _handle(self, message: Message | None) -> None:
         if isinstance(message, StepFinished):
-            self.executing.pop(message.step, None)
+            self.executing.discard(message.step)
             await self._on_step_finished(message)
         elif isinstance(message, StepCrashed):
-            self.executing.pop(message.step, None)
+            self.executing.discard(message.step)
             decision = decide.apply_crash(
                 self.state,
                 message.step,
@@ -414,7 +451,8 @@ class Incarnation:
         assert self.workflow is not None
         inst, at = self.state, self.now()
         if wakeup.kind is WakeupKind.CANCEL:
-            self._interrupt_steps()
+            # Steps still executing stop with the nursery once the cancelled state
+            # is written (the loop ends then); nothing of theirs is applied after.
             decision = decide.apply_cancel(inst, at=at)
             await self.commit(decision.instance, consume=[wakeup.seq])
             self.emit("instance.cancel", {})
@@ -558,15 +596,24 @@ class Incarnation:
     # -- steps --------------------------------------------------------------------
 
     def _interrupt_steps(self) -> None:
-        for scope in self.executing.values():
-            scope.cancel()
+        """Stop the executing steps for a cancel request, without a scope per step.
+
+        The whole nursery is cancelled, the loop with it, but only where the loop
+        is at rest; otherwise the loop leaves the nursery before its next storage
+        call (``io``). Outside it, the loop applies the request and ends the run.
+        """
+        if not self.executing or self.nursery is None:
+            return
+        self.interrupting = True
+        if self.at_rest:
+            self.nursery.cancel_scope.cancel()
 
     def _reconcile(self) -> None:
         """Start the running steps that have no task yet."""
         assert self.nursery is not None
         assert self.workflow is not None
         inst = self.state
-        to_start = sorted(inst.running_steps - self.executing.keys())
+        to_start = sorted(inst.running_steps - self.executing)
         if not to_start:
             return
         if (
@@ -579,26 +626,19 @@ class Incarnation:
             # message can need the loop while it runs (a cancel interrupts it
             # directly), so it runs in the loop task instead of a task of its own.
             self.inline = to_start[0]
-            self.executing[self.inline] = trio.CancelScope()
+            self.executing.add(self.inline)
             return
         steps = self.workflow.definition().steps
         for key in to_start:
-            scope = trio.CancelScope()
-            self.executing[key] = scope
-            self.nursery.start_soon(self._run_step, key, steps[key], scope)
+            self.executing.add(key)
+            self.nursery.start_soon(self._run_step, key, steps[key])
 
-    async def _run_step(self, key: str, step_cls: Any, scope: trio.CancelScope) -> None:
+    async def _run_step(self, key: str, step_cls: Any) -> None:
         self.tasks += 1
         try:
-            with scope:
-                await self._attempts(key, step_cls, self.entry.send.send, self.entry.send.send)
+            await self._attempts(key, step_cls, self.entry.send.send, self.entry.send.send)
         finally:
             self.tasks -= 1
-        if scope.cancelled_caught:
-            # Interrupted by a cancel request: the step is gone, tell the loop.
-            if self.executing.get(key) is scope:
-                del self.executing[key]
-            self.entry.poke()
 
     async def _run_inline(self, key: str) -> Message:
         assert self.workflow is not None
@@ -615,11 +655,11 @@ class Incarnation:
             with trio.CancelScope(shield=True):
                 await self._record_attempt(message)
 
-        with self.executing[key]:
+        self._rest()
+        try:
             await self._attempts(key, self.workflow.definition().steps[key], keep, record)
-        if not reported:
-            self.executing.pop(key, None)
-            return Poke()  # interrupted: re-read the wakeups (a cancel is waiting)
+        finally:
+            self.at_rest = False
         return reported[0]
 
     async def _attempts(
@@ -651,4 +691,5 @@ class Incarnation:
             first_attempt=len(failed) + 1,  # decide.next_attempt, without a second scan
             first_delay=max(delay, 0.0),
             backing_off=self.backing_off,
+            wants=self.engine.bus.wants,
         )

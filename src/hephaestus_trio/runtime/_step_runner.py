@@ -75,6 +75,7 @@ async def run_step(
     first_attempt: int = 1,
     first_delay: float = 0.0,
     backing_off: set[str] | None = None,
+    wants: Callable[[str], bool] | None = None,
 ) -> None:
     """Run ``step_key`` until it returns, gives up or exhausts its retries, then ``report`` it.
 
@@ -82,6 +83,8 @@ async def run_step(
     when failed attempts were persisted before a restart), ``first_delay``
     what remains of the backoff after the last of them. While the step sleeps
     in a backoff its key is in ``backing_off`` (the engine's statistics read it).
+    ``wants`` tells whether anyone listens to an event, so that nobody pays for
+    announcing what nobody hears.
     """
     policy = step_cls.retry
     attempt = first_attempt
@@ -89,7 +92,8 @@ async def run_step(
         await _backoff(step_key, first_delay, backing_off)
     while True:
         meta = {**metadata, "step": step_key, "attempt": attempt}
-        emit("step.start", {"attempt": float(attempt)}, meta)
+        if wants is None or wants("step.start"):
+            emit("step.start", {"attempt": float(attempt)}, meta)
         started = trio.current_time()
         try:
             if step_cls.timeout is not None:
