@@ -70,7 +70,9 @@ async def engine_inflight(kind: str, count: int, limit: int, tmp: Path) -> float
         async with trio.open_nursery() as nursery:
             for i in range(count):
                 nursery.start_soon(one, i)
-        return count / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        assert len(await engine.list(status="completed")) == count
+        return count / elapsed
 
 
 async def baseline_inflight(kind: str, count: int, limit: int, tmp: Path) -> float:
@@ -177,6 +179,8 @@ async def engine_drain(kind: str, count: int, tmp: Path) -> float:
                 nursery.start_soon(engine.resume, f"parked::{i}", "received")
         await stopped.done.wait()
         elapsed = time.perf_counter() - started
+        completed = await engine.list(status="completed")
+        assert len(completed) == count, len(completed)
     mark_times.clear()
     return elapsed
 
