@@ -49,7 +49,7 @@ class Sizes:
     repeats: int = 3
     """Best-of count of rows (d) and (j)."""
     median_repeats: int = 5
-    """Interleaved repeats of the rows that report a median with its range (a, b, e, p, s)."""
+    """Interleaved repeats of the rows that report a median with its range (a, b, e, s)."""
     latency_memory: int = 300
     latency_sqlite: int = 100
     parked: int = 20_000
@@ -69,6 +69,8 @@ class Sizes:
     pg_parked: int = 2000
     in_flight: tuple[int, ...] = (10, 100, 1000)
     in_flight_orders: int = 2000
+    in_flight_repeats: int = 3
+    """Row (p)'s repeats: fewer than ``median_repeats``, as 10 in flight on SQLite takes long."""
     history_early: int = 2000
     history_late: int = 200_000
     history_window: int = 1000
@@ -100,6 +102,7 @@ QUICK = Sizes(
     pg_parked=100,
     in_flight=(10, 20, 40),
     in_flight_orders=40,
+    in_flight_repeats=1,
     history_early=50,
     history_late=500,
     history_window=50,

@@ -40,7 +40,7 @@ def lean_rows(
             for limit in sizes.in_flight:
                 progress(f"(p) throughput, {count} orders, {limit} in flight, {kind}")
                 engines, baselines = interleaved(
-                    repeats,
+                    sizes.in_flight_repeats,
                     functools.partial(trio.run, sc.engine_inflight, kind, count, limit, tmp),
                     functools.partial(trio.run, sc.baseline_inflight, kind, count, limit, tmp),
                 )
