@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench            # the full run (about a minute or two)
+    python -m bench            # the full run (rows p-s alone take several minutes)
     python -m bench --quick    # a small smoke run (seconds)
     python -m bench --only ko  # only some rows (a-s); k-o are the PostgreSQL rows
 
