@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    python -m bench            # the full run (about a minute or two)
+    python -m bench            # the full run (rows p-s alone take several minutes)
     python -m bench --quick    # a small smoke run (seconds)
-    python -m bench --only ko  # only some rows; k-o are the PostgreSQL rows
+    python -m bench --only ko  # only some rows (a-s); k-o are the PostgreSQL rows
 
 Every row compares the engine with a baseline that runs the same DAG and the
 same step code with plain Trio tasks and no engine; in durable mode the
@@ -19,7 +19,9 @@ definitions, the targets and the latest table.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import operator
 import os
 import platform
 import sqlite3
@@ -34,6 +36,7 @@ import attrs
 import trio
 
 from . import _measure as m
+from ._row import Row, interleaved, median_row
 
 __all__ = ["Row", "Sizes", "main", "run"]
 
@@ -44,6 +47,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Sizes:
     throughput: int = 2000
     repeats: int = 3
+    """Best-of count of rows (d) and (j)."""
+    median_repeats: int = 5
+    """Interleaved repeats of the rows that report a median with its range (a, b, e, s)."""
     latency_memory: int = 300
     latency_sqlite: int = 100
     parked: int = 20_000
@@ -61,11 +67,22 @@ class Sizes:
     pg_resume: int = 50
     pg_recovery: int = 10_000
     pg_parked: int = 2000
+    in_flight: tuple[int, ...] = (10, 100, 1000)
+    in_flight_orders: int = 2000
+    in_flight_repeats: int = 3
+    """Row (p)'s repeats: fewer than ``median_repeats``, as 10 in flight on SQLite takes long."""
+    history_early: int = 2000
+    history_late: int = 200_000
+    history_window: int = 1000
+    history_repeats: int = 3
+    drain: int = 5000
+    drain_repeats: int = 3
 
 
 QUICK = Sizes(
     throughput=200,
     repeats=1,
+    median_repeats=1,
     latency_memory=20,
     latency_sqlite=10,
     parked=500,
@@ -83,33 +100,22 @@ QUICK = Sizes(
     pg_resume=5,
     pg_recovery=200,
     pg_parked=100,
+    in_flight=(10, 20, 40),
+    in_flight_orders=40,
+    in_flight_repeats=1,
+    history_early=50,
+    history_late=500,
+    history_window=50,
+    history_repeats=1,
+    drain=100,
+    drain_repeats=1,
 )
 
-SQLITE_ROWS = frozenset("abcdefghij")
+LEAN_ROWS = frozenset("pqrs")
+"""The rows of the lean transition path (``_lean_rows.py``): memory and SQLite."""
+SQLITE_ROWS = frozenset("abcdefghij") | LEAN_ROWS
+"""Every row that needs no PostgreSQL server."""
 POSTGRES_ROWS = frozenset("klmno")
-
-
-@attrs.frozen
-class Row:
-    """One line of the table: both measurements and how they compare."""
-
-    key: str
-    label: str
-    engine: float
-    baseline: float
-    unit: str
-    higher_is_better: bool
-    target: str = "-"
-    met: bool | None = None
-    shortfall: str = ""
-    engine_range: tuple[float, float] | None = None
-    """Lowest and highest of the repeats, when ``engine`` is their median."""
-    baseline_range: tuple[float, float] | None = None
-
-    @property
-    def ratio(self) -> float:
-        """engine / baseline."""
-        return self.engine / self.baseline if self.baseline else float("inf")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -194,15 +200,16 @@ def machine() -> dict[str, str]:
         "sqlite": sqlite3.sqlite_version,
         "os": f"{platform.system()} {platform.release()}",
         "temp dir filesystem": _filesystem(tempfile.gettempdir()),
-        "load average at start": _loadavg(),
+        "load average (1 min) at start": _loadavg(),
     }
 
 
 def _loadavg() -> str:
+    """The 1-minute load average: on a shared machine, what else the numbers measured."""
     try:
         with open("/proc/loadavg", encoding="ascii") as loadavg:
-            return " ".join(loadavg.read().split()[:3])
-    except OSError:
+            return loadavg.read().split()[0]
+    except (OSError, IndexError):
         return "unknown"
 
 
@@ -251,6 +258,10 @@ def _run_child(side: str, kind: str, count: int, tmp: Path) -> None:
     print(json.dumps({"value": value}))
 
 
+def _needs(target: float, ratio: float) -> str:
+    return f"{ratio:.3g} of baseline; needs {target / ratio:.1f}x faster"
+
+
 def _progress(text: str, out: Any) -> None:
     print(f"  ... {text}", file=out, flush=True)
 
@@ -262,7 +273,7 @@ def run(
     out: Any = None,
     cluster: Any = None,
 ) -> list[Row]:
-    """Run the benchmarks (or the ``only`` ones: letters a to o) and return the rows.
+    """Run the benchmarks (or the ``only`` ones: letters a to s) and return the rows.
 
     The PostgreSQL rows start a server of their own, or use ``cluster`` (a
     started ``PostgresCluster``) when given.
@@ -272,41 +283,43 @@ def run(
     wanted = only or set(SQLITE_ROWS | POSTGRES_ROWS)
     trio.run(m.engine_throughput, "memory", 20, tmp)  # warm imports and code paths
 
+    repeats = sizes.median_repeats
     if "a" in wanted:
         for kind, target in (("memory", 1 / 3), ("sqlite", 1 / 2)):
             _progress(f"(a) throughput, {sizes.throughput} instances, {kind}", out)
-            engine, baseline = 0.0, 0.0
-            for _ in range(sizes.repeats):  # interleaved, best of each
-                engine = max(engine, trio.run(m.engine_throughput, kind, sizes.throughput, tmp))
-                baseline = max(
-                    baseline, trio.run(m.baseline_throughput, kind, sizes.throughput, tmp)
-                )
-            ratio = engine / baseline
+            engines, baselines = interleaved(
+                repeats,
+                functools.partial(trio.run, m.engine_throughput, kind, sizes.throughput, tmp),
+                functools.partial(trio.run, m.baseline_throughput, kind, sizes.throughput, tmp),
+            )
             rows.append(
-                Row(
-                    key="a",
-                    label=f"throughput, {sizes.throughput:,} orders, {kind}",
-                    engine=engine,
-                    baseline=baseline,
-                    unit="inst/s",
-                    higher_is_better=True,
+                median_row(
+                    "a",
+                    f"throughput, {sizes.throughput:,} orders, {kind}",
+                    engines,
+                    baselines,
+                    "inst/s",
+                    True,
                     target=f">= {target:.2g} of baseline",
-                    met=ratio >= target,
-                    shortfall=f"{ratio:.3g} of baseline; needs {target / ratio:.1f}x faster",
+                    met=functools.partial(operator.le, target),
+                    shortfall=functools.partial(_needs, target),
                 )
             )
 
     if "b" in wanted:
         for kind, runs in (("memory", sizes.latency_memory), ("sqlite", sizes.latency_sqlite)):
             _progress(f"(b) single-instance latency, {runs} runs, {kind}", out)
-            engine = trio.run(m.engine_latency, kind, runs, tmp)
-            baseline = trio.run(m.baseline_latency, kind, runs, tmp)
+            engines, baselines = interleaved(
+                repeats,
+                functools.partial(trio.run, m.engine_latency, kind, runs, tmp),
+                functools.partial(trio.run, m.baseline_latency, kind, runs, tmp),
+            )
             rows.append(
-                Row(
+                median_row(
                     "b",
                     f"latency of one order (mean of {runs}), {kind}",
-                    engine,
-                    baseline,
+                    engines,
+                    baselines,
                     "s",
                     False,
                 )
@@ -358,14 +371,17 @@ def run(
     if "e" in wanted:
         for kind, runs in (("memory", sizes.resume_memory), ("sqlite", sizes.resume_sqlite)):
             _progress(f"(e) resume-to-next-step latency, {runs} resumes, {kind}", out)
-            engine = trio.run(m.engine_resume_latency, kind, runs, tmp)
-            baseline = trio.run(m.baseline_resume_latency, kind, runs, tmp)
+            engines, baselines = interleaved(
+                repeats,
+                functools.partial(trio.run, m.engine_resume_latency, kind, runs, tmp),
+                functools.partial(trio.run, m.baseline_resume_latency, kind, runs, tmp),
+            )
             rows.append(
-                Row(
+                median_row(
                     "e",
                     f"resume -> next step starts (mean of {runs}), {kind}",
-                    engine,
-                    baseline,
+                    engines,
+                    baselines,
                     "s",
                     False,
                 )
@@ -408,6 +424,10 @@ def run(
                 shortfall=f"{engine - 1.0:.2f} s over",
             )
         )
+    if wanted & LEAN_ROWS:
+        from ._lean_rows import lean_rows
+
+        rows += lean_rows(sizes, tmp, wanted & LEAN_ROWS, lambda text: _progress(text, out))
     if wanted & POSTGRES_ROWS:
         from ._postgres_rows import postgres_rows
 
@@ -471,7 +491,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument(
-        "--only", metavar="LETTERS", help="run only these rows, e.g. --only ad (a-n)"
+        "--only",
+        metavar="LETTERS",
+        help="run only these rows, e.g. --only ad (a-s; k-o are PostgreSQL)",
     )
     parser.add_argument(
         "--postgres",
@@ -508,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick and only is None:
         only = set(SQLITE_ROWS | (POSTGRES_ROWS if args.postgres else set()))
     if only is not None and not only <= SQLITE_ROWS | POSTGRES_ROWS:
-        parser.error(f"--only takes row letters a-n, got {args.only!r}")
+        parser.error(f"--only takes row letters a-s, got {args.only!r}")
     print("hephaestus-trio benchmarks" + (" (--quick)" if args.quick else ""))
     for name, value in machine().items():
         print(f"  {name}: {value}")
@@ -516,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(sizes, Path(tmp), only)
     print()
     print(format_rows(rows))
+    print(f"\nload average (1 min) at end: {_loadavg()}")
     if args.quick:
         print("\n(--quick: sizes too small for meaningful numbers, memory rows especially)")
     return 0

@@ -191,8 +191,14 @@ async def bare_parked(
     wake: trio.Event,
     parked: Callable[[], None],
     record: Record | None = None,
+    finished: Callable[[], None] | None = None,
 ) -> None:
-    """A run parked on ``wake``: it holds its state in its task, then runs ``Mark``."""
+    """A run parked on ``wake``: it holds its state in its task, then runs ``Mark``.
+
+    With ``finished`` the run goes on to its end, as the engine's does after
+    ``Mark``: the completed document is recorded (durable mode), then
+    ``finished`` is called.
+    """
     doc: dict[str, Any] = {"id": key, "status": "waiting", "active": ["wait"], "history": []}
     if record is not None:
         await record(doc)
@@ -202,7 +208,15 @@ async def bare_parked(
     doc["active"] = ["mark"]
     if record is not None:
         await record(doc)
-    await _MARK.execute(SimpleNamespace(id=key), None, None)  # type: ignore[arg-type]
+    event = await _MARK.execute(SimpleNamespace(id=key), None, None)  # type: ignore[arg-type]
+    if finished is None:
+        return
+    doc["history"].append(["mark", event, _now()])
+    doc["active"] = []
+    doc["status"] = "completed"
+    if record is not None:
+        await record(doc)
+    finished()
 
 
 def read_live_documents(path: str) -> int:

@@ -1,8 +1,8 @@
 """Rows k-o: the PostgreSQL measurements, each beside its psycopg baseline.
 
-Repeats are interleaved (engine, baseline, engine, baseline, ...) so that a
-change in the machine's load hits both sides alike; each row reports the
-median of the repeats with their range. Every measurement runs on a fresh
+Repeats are interleaved (engine, baseline, engine, baseline, ...: ``_row.interleaved``)
+so that a change in the machine's load hits both sides alike; each row reports
+the median of the repeats with their range. Every measurement runs on a fresh
 database of one ``PostgresCluster`` started here with ``fsync`` on.
 """
 
@@ -19,9 +19,10 @@ import trio
 from hephaestus_trio.testing import PostgresCluster
 
 from . import _postgres as pg
+from ._row import Row, interleaved
 
 if TYPE_CHECKING:
-    from . import Row, Sizes
+    from . import Sizes
 
 __all__ = ["postgres_rows"]
 
@@ -35,10 +36,7 @@ def _fresh(cluster: PostgresCluster) -> str:
 def _interleaved(
     repeats: int, engine: Callable[[], float], baseline: Callable[[], float]
 ) -> tuple[list[float], list[float]]:
-    engines, baselines = [], []
-    for _ in range(repeats):
-        engines.append(engine())
-        baselines.append(baseline())
+    engines, baselines = interleaved(repeats, engine, baseline)
     return engines, baselines
 
 
@@ -51,8 +49,6 @@ def _row(
     higher: bool,
     **target: object,
 ) -> Row:
-    from . import Row
-
     return Row(
         key=key,
         label=label,

@@ -2,9 +2,10 @@
 
 Prints cProfile's own-time shares grouped by layer for the engine's
 throughput run, and the throughput of a bare-Trio program *shaped like the
-engine* (a supervisor task, a nursery and a mailbox per instance, one task
-per step) with no engine logic, which separates the cost of that task
-structure from the cost of the engine's own work.
+engine* (row s's skeleton: a supervisor task, a cancel scope per incarnation,
+a nursery and a mailbox per run, the steps run by the run's loop) with no
+engine logic, which separates the cost of that task structure from the cost
+of the engine's own work.
 """
 
 from __future__ import annotations
@@ -13,62 +14,14 @@ import collections
 import cProfile
 import functools
 import pstats
-import time
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from . import _measure as m
-from ._flows import Charge, Reserve, Ship, Validate
+from ._skeleton import skeleton_throughput
 
-__all__ = ["engine_shaped_throughput", "profile_throughput"]
-
-_STEPS: dict[str, Any] = {
-    "validate": Validate(),
-    "charge": Charge(),
-    "reserve": Reserve(),
-    "ship": Ship(),
-    "done": Ship(),
-}
-_NEXT = {
-    "validate": ["charge", "reserve"],
-    "charge": ["ship"],
-    "reserve": ["ship"],
-    "ship": ["done"],
-    "done": [],
-}
-
-
-async def _step_task(key: str, send: trio.MemorySendChannel[str]) -> None:
-    with trio.CancelScope():  # the engine gives every step its own scope
-        await _STEPS[key].execute(None, None, None)
-        await send.send(key)
-
-
-async def _shaped_instance() -> None:
-    with trio.CancelScope():  # the supervisor's scope around one incarnation
-        send, receive = trio.open_memory_channel[str](64)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_step_task, "validate", send)
-            active, completed = {"validate"}, set()
-            while active:
-                key = await receive.receive()
-                active.discard(key)
-                completed.add(key)
-                for following in _NEXT[key]:
-                    if following == "ship" and not {"charge", "reserve"} <= completed:
-                        continue
-                    active.add(following)
-                    nursery.start_soon(_step_task, following, send)
-
-
-async def engine_shaped_throughput(count: int) -> float:
-    started = time.perf_counter()
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            nursery.start_soon(_shaped_instance)
-    return count / (time.perf_counter() - started)
+__all__ = ["profile_throughput"]
 
 
 def _group(filename: str, name: str) -> str:
@@ -105,7 +58,7 @@ def profile_throughput(kind: str, count: int, tmp: Path) -> str:
     lines = [f"own time by layer, engine throughput ({count:,} orders, {kind}, under cProfile):"]
     for group, seconds in groups.most_common():
         lines.append(f"  {100 * seconds / total:5.1f}%  {group}")
-    shaped = max(trio.run(engine_shaped_throughput, count) for _ in range(3))
+    shaped = max(trio.run(skeleton_throughput, count) for _ in range(3))
     plain = max(
         trio.run(functools.partial(m.baseline_throughput, "memory", count, tmp)) for _ in range(3)
     )

@@ -23,8 +23,13 @@ def test_quick_bench_prints_every_row(
     assert "cpus (nproc):" in out
     table = [line for line in out.splitlines() if line.startswith("| ")]
     keys = [line.split("|")[1].strip() for line in table[1:]]
-    assert keys == ["a", "a", "b", "b", "c", "c", "d", "e", "e", "f", "j", "g", "h", "i"]
+    assert keys == [
+        *("a", "a", "b", "b", "c", "c", "d", "e", "e", "f", "j"),
+        *("p",) * 6,
+        *("q", "q", "r", "r", "s", "s", "g", "h", "i"),
+    ]
     assert "open_engine recovering 500 parked, sqlite" in out
+    assert "load average (1 min) at end:" in out
 
 
 def test_quick_reads_bench_prints_every_ratio(
