@@ -57,6 +57,7 @@ from hephaestus_trio.serialization import (
 from hephaestus_trio.testing import outcome_scripts, run_script, workflows
 
 CONVERTER = make_converter()
+T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def reference_dumps(instance: Instance) -> str:
@@ -265,6 +266,30 @@ def test_values_that_are_not_json_safe_fail_or_pass_as_before(
     assert outcome(lambda: to_dict(instance)) == outcome(lambda: CONVERTER.unstructure(instance))
 
 
+odd_values = st.recursive(
+    json_values | exotic | moments | errors | st.sampled_from(Status),
+    lambda inner: (
+        st.lists(inner, max_size=2)
+        | st.lists(inner, max_size=2).map(tuple)
+        | st.dictionaries(keys, inner, max_size=2)
+        | st.frozensets(texts, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@given(random_instances, st.sampled_from(INSTANCE_FIELDS), odd_values)
+def test_any_field_holding_any_value_is_written_as_before(
+    instance: Instance, name: str, value: Any
+) -> None:
+    try:
+        instance = attrs.evolve(instance, **{name: value})
+    except Exception:  # a field's converter refused it: no such instance exists
+        return
+    assert outcome(lambda: dumps(instance)) == outcome(lambda: reference_dumps(instance))
+    assert outcome(lambda: to_dict(instance)) == outcome(lambda: CONVERTER.unstructure(instance))
+
+
 @pytest.mark.parametrize(
     "changes",
     [
@@ -275,14 +300,26 @@ def test_values_that_are_not_json_safe_fail_or_pass_as_before(
         {"workflow_version": True},
         {"id": 7},
         {"taken_edges": frozenset({("a", "b", "c")})},
+        {"step_configs": {"s": [1]}},
+        {"step_configs": {"s": "text"}},
+        {"context": Context(steps={"s": [1]})},
+        {"trace_context": {"traceparent": ("a",)}},
+        {"trace_context": {"traceparent": 1}},
+        {"execution_history": (ExecutionEntry(step="s", event="e", timestamp=T, wakeup=True),)},
+        {"definition_shape": DefinitionShape(start="s", steps=["s"], events=(), transitions=())},
+        {"timers": (TimerRecord(step=1, event="e", fire_at=T),)},
     ],
 )
 def test_fields_of_unexpected_types_are_written_as_before(changes: dict[str, Any]) -> None:
     instance = attrs.evolve(
-        Instance.new("tests.Odd", {"a": 1}, id="odd::1", run_id="r", now=datetime.now(UTC)),
-        **changes,
+        Instance.new("tests.Odd", {"a": 1}, id="odd::1", run_id="r", now=T), **changes
     )
     assert outcome(lambda: dumps(instance)) == outcome(lambda: reference_dumps(instance))
+    assert outcome(lambda: to_dict(instance)) == outcome(lambda: CONVERTER.unstructure(instance))
+    names = [name for name in INSTANCE_FIELDS if name in changes]
+    assert outcome(lambda: fields_to_dict(instance, names)) == outcome(
+        lambda: {name: CONVERTER.unstructure(instance)[name] for name in names}
+    )
 
 
 # -- damaged documents -----------------------------------------------------------------------

@@ -195,8 +195,34 @@ def _u_mapping(value: Any) -> dict[str, Any]:
     return _plain(value)  # type: ignore[no-any-return]
 
 
-def _u_opt_mapping(value: Any) -> dict[str, Any] | None:
-    return None if value is None else _u_mapping(value)
+def _u_mapping_of_mappings(value: Any) -> dict[str, Any]:
+    _check_mapping_of_mappings(value)
+    return _plain(value)  # type: ignore[no-any-return]
+
+
+def _check_mapping_of_mappings(value: Any) -> None:
+    # The converter walks the inner mappings as mappings: anything else fails there.
+    if type(value) is not dict:
+        raise _Doubt
+    for item in value.values():
+        if type(item) is not dict:
+            raise _Doubt
+
+
+def _check_mapping_of_strs(value: Any) -> None:
+    # Typed ``str``, the values pass the converter as they are (a tuple stays a tuple).
+    if type(value) is not dict:
+        raise _Doubt
+    for item in value.values():
+        if type(item) is not str:
+            raise _Doubt
+
+
+def _u_trace_context(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    _check_mapping_of_strs(value)
+    return dict(value)
 
 
 def _u_keys(value: Any) -> list[str]:
@@ -229,7 +255,7 @@ def _u_status(value: Any) -> str:
 def _u_context(value: Any) -> dict[str, Any]:
     if type(value) is not Context:
         raise _Doubt
-    return {"initial": _u_mapping(value.initial), "steps": _u_mapping(value.steps)}
+    return {"initial": _u_mapping(value.initial), "steps": _u_mapping_of_mappings(value.steps)}
 
 
 def _u_error(value: Any) -> dict[str, Any] | None:
@@ -307,14 +333,14 @@ _UNSTRUCTURE: Final[dict[str, Callable[[Any], Any]]] = {
     "workflow_version": _u_int,
     "status": _u_status,
     "context": _u_context,
-    "step_configs": _u_mapping,
+    "step_configs": _u_mapping_of_mappings,
     "active_steps": _u_keys,
     "waiting_steps": _u_keys,
     "completed_steps": _u_keys,
     "taken_edges": _u_edges,
     "runtime_metadata": _u_mapping,
     "telemetry_metadata": _u_mapping,
-    "trace_context": _u_opt_mapping,
+    "trace_context": _u_trace_context,
     "execution_history": _u_history,
     "timers": _u_timers,
     "error": _u_error,
@@ -359,8 +385,16 @@ def _e_mapping(value: Any) -> str:
     return _any(value) if value else "{}"
 
 
-def _e_opt_mapping(value: Any) -> str:
-    return "null" if value is None else _e_mapping(value)
+def _e_mapping_of_mappings(value: Any) -> str:
+    _check_mapping_of_mappings(value)
+    return _any(value) if value else "{}"
+
+
+def _e_trace_context(value: Any) -> str:
+    if value is None:
+        return "null"
+    _check_mapping_of_strs(value)
+    return _any(value)
 
 
 def _e_keys(value: Any) -> str:
@@ -389,7 +423,8 @@ def _e_status(value: Any) -> str:
 def _e_context(value: Any) -> str:
     if type(value) is not Context:
         raise _Doubt
-    return '{"initial":' + _e_mapping(value.initial) + ',"steps":' + _e_mapping(value.steps) + "}"
+    initial, steps = _e_mapping(value.initial), _e_mapping_of_mappings(value.steps)
+    return '{"initial":' + initial + ',"steps":' + steps + "}"
 
 
 def _e_error(value: Any) -> str:
@@ -520,14 +555,14 @@ _ENCODE: Final[dict[str, Callable[[Any], str]]] = {
     "workflow_version": _e_int,
     "status": _e_status,
     "context": _e_context,
-    "step_configs": _e_mapping,
+    "step_configs": _e_mapping_of_mappings,
     "active_steps": _e_keys,
     "waiting_steps": _e_keys,
     "completed_steps": _e_keys,
     "taken_edges": _e_edges,
     "runtime_metadata": _e_mapping,
     "telemetry_metadata": _e_mapping,
-    "trace_context": _e_opt_mapping,
+    "trace_context": _e_trace_context,
     "execution_history": _e_history,
     "timers": _e_timers,
     "error": _e_error,
