@@ -13,6 +13,7 @@ from hephaestus_trio import (
     Done,
     ErrorRecord,
     Instance,
+    InvalidValue,
     Status,
     Step,
     StorageError,
@@ -22,8 +23,11 @@ from hephaestus_trio import (
 )
 from hephaestus_trio.engine import activate_transitions, advance, complete_step, fail, park
 from hephaestus_trio.serialization import (
+    INSTANCE_FIELDS,
+    apply_fields,
     check_json_safe,
     dumps,
+    fields_to_dict,
     from_dict,
     loads,
     make_converter,
@@ -215,3 +219,81 @@ def test_trace_context_round_trips_and_old_documents_load_without_it() -> None:
     document = to_dict(Instance.new(RoundTrip, {}, id="rt::old", now=T0))
     del document["trace_context"]  # written before the field existed
     assert from_dict(document).trace_context is None
+
+
+def test_fields_to_dict_gives_the_values_to_dict_gives() -> None:
+    inst = rich_instance()
+    whole = to_dict(inst)
+    subset = fields_to_dict(inst, ["status", "execution_history", "updated_at"])
+    assert subset == {name: whole[name] for name in ("status", "execution_history", "updated_at")}
+    assert list(subset) == ["status", "execution_history", "updated_at"]
+    assert fields_to_dict(inst, []) == {}
+    assert fields_to_dict(inst, INSTANCE_FIELDS) == whole
+
+
+def test_apply_fields_moves_what_changed_onto_the_previous_version() -> None:
+    before = rich_instance()
+    after = fail(before, ErrorRecord(kind="failure", message="no"), at=T0 + timedelta(minutes=1))
+    changed = [f for f in INSTANCE_FIELDS if getattr(before, f) != getattr(after, f)]
+    assert "status" in changed
+    assert "error" in changed
+    assert "id" not in changed
+    stored = json.loads(json.dumps(fields_to_dict(after, changed)))
+    assert apply_fields(before, stored) == after
+    assert dumps(apply_fields(before, stored)) == dumps(after)
+    assert apply_fields(before, {}) == before
+
+
+def test_fields_to_dict_refuses_unknown_names() -> None:
+    with pytest.raises(InvalidValue, match=r"unknown Instance field\(s\) \['colour'\]"):
+        fields_to_dict(rich_instance(), ["status", "colour"])
+    with pytest.raises(InvalidValue, match="collection of field names"):
+        fields_to_dict(rich_instance(), "status")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"colour": "red"}, "unknown field(s) ['colour']"),
+        ({"status": "sleeping"}, "status"),
+        ({"workflow_version": True}, "workflow_version"),
+        ({"execution_history": [{"step": "go"}]}, "execution_history"),
+        ({"updated_at": "2024-05-01T12:00:00"}, "updated_at"),
+        (["status"], "expected a mapping"),
+    ],
+)
+def test_apply_fields_refuses_bad_values_naming_the_field(data: Any, message: str) -> None:
+    with pytest.raises(StorageError, match="cannot load instance") as caught:
+        apply_fields(rich_instance(), data)
+    assert message in str(caught.value)
+
+
+def test_a_value_the_fast_codec_does_not_know_is_written_by_the_converter() -> None:
+    # A tuple in a context is not JSON-safe (Instance.new refuses it), but an instance
+    # built by hand may hold one: it is written as the converter always wrote it.
+    inst = attrs.evolve(rich_instance(), runtime_metadata={"pair": (1, 2)})
+    converter = make_converter()
+    expected = json.dumps(
+        converter.unstructure(inst), separators=(",", ":"), sort_keys=True, allow_nan=False
+    )
+    assert dumps(inst) == expected
+    assert to_dict(inst) == converter.unstructure(inst)
+    assert to_dict(inst)["runtime_metadata"] == {"pair": [1, 2]}
+
+
+def test_to_dict_copies_what_it_returns() -> None:
+    inst = rich_instance()
+    data = to_dict(inst)
+    data["context"]["initial"]["order"]["id"] = "changed"
+    data["execution_history"][0]["context_updates"]["checked"].append("c")
+    assert inst.context.initial["order"]["id"] == "a1"
+    assert (
+        inst.execution_history[0].context_updates
+        == rich_instance().execution_history[0].context_updates
+    )
+
+
+def test_loaded_runs_of_one_workflow_share_one_shape() -> None:
+    first, second = loads(dumps(rich_instance())), loads(dumps(rich_instance()))
+    assert first.definition_shape == RoundTrip.definition_shape()
+    assert first.definition_shape is second.definition_shape

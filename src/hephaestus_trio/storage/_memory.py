@@ -22,6 +22,14 @@ How it keeps the protocol's promises:
 - One object is one "database": there is no second object on the same data,
   so it is tested with a single object (``durable = False``). Closing keeps
   the data and opening again resumes with it.
+- A run that ends is kept compactly, as its ``dumps`` text and the few
+  columns queries filter on, in a plain tuple of strings, numbers and
+  datetimes (``_Finished``), decoded again on ``get``/``query``. A
+  long-running process accumulates finished runs, and kept as ``Instance``
+  graphs (dozens of objects each) they made every full pass of the cyclic
+  garbage collector walk all of them: a tuple of atoms is not tracked by the
+  collector at all. Live runs stay objects, in their own table, so that
+  claims and wake-ups scan only them.
 """
 
 from __future__ import annotations
@@ -29,13 +37,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import attrs
 import trio
 
 from .._errors import LeaseLost, StorageError
 from ..core._instance import Instance, Status, TimerRecord
+from ..core._serialization import dumps, loads
 from ._protocol import (
     EngineRecord,
     Lease,
@@ -49,7 +58,15 @@ from ._protocol import (
     WakeupRefused,
     WorkflowKey,
 )
-from ._query import matches, normalize_filters, normalize_now, normalize_page, on_page
+from ._query import (
+    Filters,
+    Page,
+    matches,
+    normalize_filters,
+    normalize_now,
+    normalize_page,
+    on_page,
+)
 
 __all__ = ["MemoryStorage"]
 
@@ -60,9 +77,55 @@ def _utc(value: datetime, what: str) -> datetime:
     return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
+_Finished = tuple[
+    str | Instance, str, str, int, str, str, str | None, datetime, datetime, tuple[str, ...] | None
+]
+"""A finished run: ``(document, status value, workflow, workflow_version, id, run_id,
+unique_key, created_at, updated_at, dedup keys)``. The document is its ``dumps`` text, or
+the ``Instance`` itself for the rare one ``dumps`` cannot write (a value that is not
+JSON-safe, in an instance built by hand): it is given back as it was written."""
+
+_DOC: Final = 0
+_STATUS: Final = 1
+_WORKFLOW: Final = 2
+_VERSION: Final = 3
+_ID: Final = 4
+_RUN_ID: Final = 5
+_UNIQUE_KEY: Final = 6
+_CREATED_AT: Final = 7
+_UPDATED_AT: Final = 8
+_DEDUP_KEYS: Final = 9
+
+_STATUS_BY_VALUE: Final = {status.value: status for status in Status}
+
+
+def _finish(doc: Instance, dedup_keys: set[str] | None) -> _Finished:
+    try:
+        document: str | Instance = dumps(doc)
+    except Exception:
+        document = doc
+    return (
+        document,
+        doc.status.value,
+        doc.workflow,
+        doc.workflow_version,
+        doc.id,
+        doc.run_id,
+        doc.unique_key,
+        doc.created_at,
+        doc.updated_at,
+        None if dedup_keys is None else tuple(sorted(dedup_keys)),
+    )
+
+
+def _thaw(record: _Finished) -> Instance:
+    document = record[_DOC]
+    return document if isinstance(document, Instance) else loads(document)
+
+
 @attrs.define(kw_only=True)
 class _Run:
-    """One run row: the document (without timers) and its lease columns."""
+    """One live run row: the document (without timers) and its lease columns."""
 
     doc: Instance
     owner: str | None = None
@@ -93,9 +156,12 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._state = "new"  # "new" -> "open" <-> "closed"
-        self._runs: dict[str, _Run] = {}
-        # id -> run_ids: the facade looks runs up by business id on every call.
-        self._by_id: dict[str, set[str]] = {}
+        self._runs: dict[str, _Run] = {}  # live runs only
+        self._finished: dict[str, _Finished] = {}
+        # id -> run_id, or the set of them when several runs share the id: the facade
+        # looks runs up by business id on every call (a set per id would be one more
+        # object per finished run for the garbage collector).
+        self._by_id: dict[str, str | set[str]] = {}
         self._holders: dict[str, str] = {}  # live unique_key -> run_id
         self._seq = itertools.count(1)
         # engine_id -> [started_at, info, last_heartbeat]
@@ -154,7 +220,32 @@ class MemoryStorage:
     async def get(self, run_id: str) -> Instance | None:
         await self._enter()
         run = self._runs.get(run_id)
-        return None if run is None else self._read(run)
+        if run is not None:
+            return self._read(run)
+        record = self._finished.get(run_id)
+        return None if record is None else _thaw(record)
+
+    def _index(self, id: str, run_id: str) -> None:
+        runs = self._by_id.get(id)
+        if runs is None:
+            self._by_id[id] = run_id
+        elif isinstance(runs, str):
+            self._by_id[id] = {runs, run_id}
+        else:
+            runs.add(run_id)
+
+    def _unindex(self, id: str, run_id: str) -> None:
+        runs = self._by_id.get(id)
+        if runs == run_id:
+            del self._by_id[id]
+        elif isinstance(runs, set):
+            runs.discard(run_id)
+            if len(runs) == 1:
+                self._by_id[id] = next(iter(runs))
+
+    def _ids(self, id: str) -> Collection[str]:
+        runs = self._by_id.get(id, ())
+        return (runs,) if isinstance(runs, str) else runs
 
     async def query(
         self,
@@ -172,14 +263,42 @@ class MemoryStorage:
         filters = normalize_filters(status, status_in, workflow, workflow_version, id)
         page = normalize_page(created_after, limit, after)
         if id is not None:
-            candidates = [self._runs[r].doc for r in self._by_id.get(id, ())]
+            wanted = self._ids(id)
+            live = [self._runs[r] for r in wanted if r in self._runs]
+            finished = [self._finished[r] for r in wanted if r in self._finished]
         else:
-            candidates = [run.doc for run in self._runs.values()]
-        found = [doc for doc in candidates if matches(doc, filters) and on_page(doc, page)]
-        found.sort(key=lambda doc: (doc.created_at, doc.run_id))
+            live, finished = list(self._runs.values()), list(self._finished.values())
+        found: list[tuple[datetime, str, _Run | _Finished]] = [
+            (run.doc.created_at, run.doc.run_id, run)
+            for run in live
+            if matches(run.doc, filters) and on_page(run.doc, page)
+        ]
+        found.extend(
+            (record[_CREATED_AT], record[_RUN_ID], record)
+            for record in finished
+            if self._finished_matches(record, filters, page)
+        )
+        found.sort(key=lambda row: (row[0], row[1]))
         if page.limit is not None:
             del found[page.limit :]
-        return [self._read(self._runs[doc.run_id]) for doc in found]
+        return [self._read(row) if isinstance(row, _Run) else _thaw(row) for _, _, row in found]
+
+    @staticmethod
+    def _finished_matches(record: _Finished, filters: Filters, page: Page) -> bool:
+        """``matches`` and ``on_page`` on a finished run's columns."""
+        statuses = filters.statuses
+        if statuses is not None and _STATUS_BY_VALUE[record[_STATUS]] not in statuses:
+            return False
+        if filters.workflow is not None and record[_WORKFLOW] != filters.workflow:
+            return False
+        if filters.workflow_version is not None and record[_VERSION] != filters.workflow_version:
+            return False
+        if filters.id is not None and record[_ID] != filters.id:
+            return False
+        created_at = record[_CREATED_AT]
+        if page.created_after is not None and created_at < page.created_after:
+            return False
+        return page.after is None or (created_at, record[_RUN_ID]) > page.after
 
     async def summary(self, *, now: datetime) -> RunSummary:
         await self._enter()
@@ -189,6 +308,9 @@ class MemoryStorage:
         due = 0
         oldest_due: datetime | None = None
         upcoming: datetime | None = None
+        for record in self._finished.values():
+            key = (record[_WORKFLOW], _STATUS_BY_VALUE[record[_STATUS]])
+            counts[key] = counts.get(key, 0) + 1
         for run in self._runs.values():
             doc = run.doc
             key = (doc.workflow, doc.status)
@@ -275,7 +397,7 @@ class MemoryStorage:
             raise ValueError(
                 f"run {run_id!r}: create takes a live run, got status {instance.status.value!r}"
             )
-        if run_id in self._runs:
+        if run_id in self._runs or run_id in self._finished:
             raise ValueError(f"run {run_id!r} exists already")
         key = instance.unique_key
         if key is not None:
@@ -288,7 +410,7 @@ class MemoryStorage:
         if owner is not None:
             run.owner, run.epoch, run.expires_at = owner, 1, now + timedelta(seconds=ttl)
         self._runs[run_id] = run
-        self._by_id.setdefault(instance.id, set()).add(run_id)
+        self._index(instance.id, run_id)
         self._add_timers(run, instance.timers, now)
         if owner is None:
             self._bump()
@@ -331,14 +453,15 @@ class MemoryStorage:
                 raise WakeupGone(run_id, seq)
         # Checks done: from here on everything happens, with no await.
         if instance.id != run.doc.id:
-            self._unindex(run.doc)
-            self._by_id.setdefault(instance.id, set()).add(run_id)
+            self._unindex(run.doc.id, run_id)
+            self._index(instance.id, run_id)
         run.doc = attrs.evolve(instance, timers=()) if instance.timers else instance
         for seq in consume:
             run.wakeups.pop(seq, None)
         if instance.status.is_terminal:
-            run.wakeups.clear()
-            run.owner = run.expires_at = run.wake_at = None
+            # The run will never change again: from now on it is a compact record.
+            del self._runs[run_id]
+            self._finished[run_id] = _finish(run.doc, run.dedup_keys)
             key = instance.unique_key
             if key is not None and self._holders.get(key) == run_id:
                 del self._holders[key]
@@ -354,19 +477,16 @@ class MemoryStorage:
         # claimable, whatever its owner last wrote.
         return self._add_timers(run, add_timers, now)
 
-    def _unindex(self, doc: Instance) -> None:
-        runs = self._by_id.get(doc.id)
-        if runs is not None:
-            runs.discard(doc.run_id)
-            if not runs:
-                del self._by_id[doc.id]
-
     def _forget(self, run_id: str) -> None:
+        record = self._finished.pop(run_id, None)
+        if record is not None:
+            self._unindex(record[_ID], run_id)
+            return
         run = self._runs.pop(run_id, None)
         if run is None:
             return
         doc = run.doc
-        self._unindex(doc)
+        self._unindex(doc.id, run_id)
         if doc.unique_key is not None and self._holders.get(doc.unique_key) == run_id:
             del self._holders[doc.unique_key]
 
@@ -378,9 +498,7 @@ class MemoryStorage:
         await self._enter()
         older_than = _utc(older_than, "older_than")
         doomed = [
-            run_id
-            for run_id, run in self._runs.items()
-            if run.doc.status.is_terminal and run.doc.updated_at < older_than
+            run_id for run_id, record in self._finished.items() if record[_UPDATED_AT] < older_than
         ]
         for run_id in doomed:
             self._forget(run_id)
@@ -536,9 +654,10 @@ class MemoryStorage:
         run_id = wakeup.run_id
         run = self._runs.get(run_id)
         if run is None:
-            raise WakeupRefused(run_id, "not_live", "missing")
-        if run.doc.status.is_terminal:
-            raise WakeupRefused(run_id, "not_live", run.doc.status.value)
+            record = self._finished.get(run_id)
+            raise WakeupRefused(
+                run_id, "not_live", "missing" if record is None else record[_STATUS]
+            )
         pending = run.wakeups.values()
         if wakeup.kind is WakeupKind.RESUME:
             if wakeup.dedup_key is not None and wakeup.dedup_key in (run.dedup_keys or ()):
@@ -573,7 +692,10 @@ class MemoryStorage:
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         await self._enter()
         run = self._runs.get(run_id)
-        return run is not None and dedup_key in (run.dedup_keys or ())
+        if run is not None:
+            return dedup_key in (run.dedup_keys or ())
+        record = self._finished.get(run_id)
+        return record is not None and dedup_key in (record[_DEDUP_KEYS] or ())
 
     async def wakeups(self, run_id: str) -> list[Wakeup]:
         await self._enter()
