@@ -45,6 +45,7 @@ import trio
 from .._errors import LeaseLost, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps, loads
+from ._memory_index import ClaimIndex, ready_at
 from ._protocol import (
     EngineRecord,
     Lease,
@@ -137,6 +138,8 @@ class _Run:
     dedup_keys: set[str] | None = None
     """Every resume dedup key ever recorded for the run (until it is deleted); made
     on first use, since most runs never see one and a parked run should stay small."""
+    filed: int = 0
+    """The ticket of the run's entry in the claim index; 0 while it has none."""
 
     def held_by(self, lease: Lease) -> bool:
         return self.doc.status.is_live and self.owner == lease.owner and self.epoch == lease.epoch
@@ -163,6 +166,10 @@ class MemoryStorage:
         # object per finished run for the garbage collector).
         self._by_id: dict[str, str | set[str]] = {}
         self._holders: dict[str, str] = {}  # live unique_key -> run_id
+        # The runs needing a driver, by when; and each engine's runs: claims and
+        # pokes look at these, never at the (mostly hibernated) rest.
+        self._claimable = ClaimIndex()
+        self._held: dict[str, dict[str, _Run]] = {}
         self._seq = itertools.count(1)
         # engine_id -> [started_at, info, last_heartbeat]
         self._engines: dict[str, list[Any]] = {}
@@ -208,6 +215,23 @@ class MemoryStorage:
         self._changes += 1
         self._changed.set()
         self._changed = trio.Event()
+
+    def _hold(self, run: _Run, owner: str | None, expires_at: datetime | None) -> None:
+        """Set the run's holder (``None``: nobody), keeping ``_held`` in step."""
+        run_id = run.doc.run_id
+        if run.owner is not None and run.owner != owner:
+            held = self._held[run.owner]
+            del held[run_id]
+            if not held:
+                del self._held[run.owner]
+        if owner is not None:
+            self._held.setdefault(owner, {})[run_id] = run
+        run.owner, run.expires_at = owner, expires_at
+
+    def _retire(self, run: _Run) -> None:
+        """``run`` leaves the live table (finished or deleted)."""
+        self._hold(run, None, None)
+        self._claimable.drop(run)
 
     # -- runs --------------------------------------------------------------------
 
@@ -408,8 +432,10 @@ class MemoryStorage:
         run = _Run(doc=attrs.evolve(instance, timers=()) if instance.timers else instance)
         run.wake_at = now
         if owner is not None:
-            run.owner, run.epoch, run.expires_at = owner, 1, now + timedelta(seconds=ttl)
+            run.epoch = 1
+            self._hold(run, owner, now + timedelta(seconds=ttl))
         self._runs[run_id] = run
+        self._claimable.file(run)
         self._index(instance.id, run_id)
         self._add_timers(run, instance.timers, now)
         if owner is None:
@@ -461,6 +487,7 @@ class MemoryStorage:
         if instance.status.is_terminal:
             # The run will never change again: from now on it is a compact record.
             del self._runs[run_id]
+            self._retire(run)
             self._finished[run_id] = _finish(run.doc, run.dedup_keys)
             key = instance.unique_key
             if key is not None and self._holders.get(key) == run_id:
@@ -485,6 +512,7 @@ class MemoryStorage:
         run = self._runs.pop(run_id, None)
         if run is None:
             return
+        self._retire(run)
         doc = run.doc
         self._unindex(doc.id, run_id)
         if doc.unique_key is not None and self._holders.get(doc.unique_key) == run_id:
@@ -524,24 +552,25 @@ class MemoryStorage:
         now = _utc(now, "now")
         wanted = None if workflows is None else frozenset(workflows)
         if run_ids is None:
-            pool: Iterable[_Run] = self._runs.values()
+            # Taken out of the index: every one is filed again below.
+            candidates = self._claimable.take_due(now, wanted, max(limit, 0))
         else:
             pool = [self._runs[r] for r in set(run_ids) if r in self._runs]
-        candidates = [
-            run
-            for run in pool
-            if run.doc.status.is_live
-            and (run.owner is None or (run.expires_at is not None and run.expires_at <= now))
-            and run.wake_at is not None
-            and run.wake_at <= now
-            and self._of(run, wanted)
-        ]
+            candidates = [
+                run
+                for run in pool
+                if (ready := ready_at(run)) is not None and ready <= now and self._of(run, wanted)
+            ]
         candidates.sort(key=lambda run: (run.wake_at, run.doc.created_at, run.doc.run_id))
         expires_at = now + timedelta(seconds=ttl)
         leases = []
-        for run in candidates[: max(limit, 0)]:
-            run.owner, run.epoch, run.expires_at = owner, run.epoch + 1, expires_at
+        taken = max(limit, 0)
+        for run in candidates[:taken]:
+            run.epoch += 1
+            self._hold(run, owner, expires_at)
             leases.append(run.lease())
+        for run in candidates:
+            self._claimable.file(run)
         return leases
 
     async def renew(
@@ -557,6 +586,7 @@ class MemoryStorage:
             run = self._runs.get(lease.run_id)
             if lease.owner == owner and run is not None and run.held_by(lease):
                 run.expires_at = expires_at
+                self._claimable.file(run)
                 renewed.append(run.lease())
         return renewed
 
@@ -569,9 +599,10 @@ class MemoryStorage:
         run = self._runs.get(lease.run_id)
         if run is None or not run.held_by(lease):
             raise LeaseLost(lease.run_id, lease.owner, lease.epoch)
-        run.owner = run.expires_at = None
+        self._hold(run, None, None)
         missed = any(seq > seen for seq in run.wakeups)
         run.wake_at = now if missed else wake
+        self._claimable.file(run)
         self._bump()
         return missed
 
@@ -579,11 +610,11 @@ class MemoryStorage:
         await self._enter()
         now = _utc(now, "now")
         count = 0
-        for run in self._runs.values():
-            if run.owner == owner and run.doc.status.is_live:
-                run.owner = run.expires_at = None
-                run.wake_at = now
-                count += 1
+        for run in list(self._held.get(owner, {}).values()):
+            self._hold(run, None, None)
+            run.wake_at = now
+            self._claimable.file(run)
+            count += 1
         self._bump()
         return count
 
@@ -592,18 +623,7 @@ class MemoryStorage:
     ) -> datetime | None:
         await self._enter()
         wanted = None if workflows is None else frozenset(workflows)
-        earliest: datetime | None = None
-        for run in self._runs.values():
-            if run.wake_at is None or run.owner == owner or not run.doc.status.is_live:
-                continue
-            if not self._of(run, wanted):
-                continue
-            at = run.wake_at
-            if run.owner is not None and run.expires_at is not None:
-                at = max(at, run.expires_at)
-            if earliest is None or at < earliest:
-                earliest = at
-        return earliest
+        return self._claimable.earliest(besides=owner, workflows=wanted)
 
     async def register_engine(
         self, engine_id: str, *, now: datetime, info: Mapping[str, Any]
@@ -619,10 +639,7 @@ class MemoryStorage:
     async def engines(self, *, now: datetime) -> list[EngineRecord]:
         await self._enter()
         _utc(now, "now")
-        owned: dict[str, int] = {}
-        for run in self._runs.values():
-            if run.owner is not None and run.doc.status.is_live:
-                owned[run.owner] = owned.get(run.owner, 0) + 1
+        owned = {holder: len(runs) for holder, runs in self._held.items()}
         records = []
         for engine_id, (started_at, info, beat) in sorted(self._engines.items()):
             host, pid = info.get("host"), info.get("pid")
@@ -685,7 +702,9 @@ class MemoryStorage:
             now=now,
             trace_context=wakeup.trace_context,
         )
-        run.wake_at = due_at if run.wake_at is None else min(run.wake_at, due_at)
+        if run.wake_at is None or due_at < run.wake_at:
+            run.wake_at = due_at
+            self._claimable.file(run)
         self._bump()
         return added
 
@@ -716,9 +735,9 @@ class MemoryStorage:
     async def owned_wakeups(self, owner: str, *, after: int) -> list[tuple[str, int]]:
         await self._enter()
         found = []
-        for run_id, run in self._runs.items():
-            if run.owner == owner and run.wakeups:
-                top = max(run.wakeups)
+        for run_id, run in self._held.get(owner, {}).items():
+            if run.wakeups:
+                top = next(reversed(run.wakeups))  # seq order: the last is the highest
                 if top > after:
                     found.append((run_id, top))
         found.sort()
