@@ -55,7 +55,7 @@ async def resume_from_outside(dsn: str, ids: list[str], event: str = "go") -> di
     accepted: dict[str, float] = {}
     async with PostgresStorage(dsn) as storage:
         for id in ids:
-            added = await resume_run(
+            added, _ = await resume_run(
                 storage,
                 lambda run: get_workflow(run.workflow),
                 id,

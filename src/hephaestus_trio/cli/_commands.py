@@ -256,7 +256,7 @@ async def cmd_resume(args: argparse.Namespace) -> int:
     async with open_storage(args.storage) as storage:
         run, _ = await find_run(storage, args.id, args.workflow)
         now = datetime.now(UTC)
-        recorded = await resume_run(
+        recorded, _ = await resume_run(
             storage,
             _workflow_of,
             args.id,

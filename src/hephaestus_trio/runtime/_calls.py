@@ -8,9 +8,11 @@ all drives the run.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
+
+import attrs
 
 from .._errors import (
     AmbiguousInstance,
@@ -22,12 +24,30 @@ from .._errors import (
 from ..core import _decisions as decide
 from ..core._instance import Instance
 from ..core._workflow import Workflow
-from ..storage._protocol import Lease, NewWakeup, Storage, Wakeup, WakeupKind, WakeupRefused
+from ..storage._protocol import (
+    ClaimedRun,
+    Lease,
+    NewWakeup,
+    Storage,
+    Wakeup,
+    WakeupKind,
+    WakeupRefused,
+    WorkflowKey,
+)
 
-__all__ = ["Matches", "cancel_directly", "find_run", "request_cancel", "resume_run"]
+__all__ = ["ClaimRequest", "Matches", "cancel_directly", "find_run", "request_cancel", "resume_run"]
 
 Matches = Callable[[Instance, str | None], bool]
 """Whether a run belongs to the workflow a caller named (``None``: any)."""
+
+
+@attrs.frozen(kw_only=True)
+class ClaimRequest:
+    """Who claims a hibernated run along with a resume for it, as ``Storage.claim`` takes it."""
+
+    owner: str
+    ttl: float
+    workflows: Collection[WorkflowKey] | None
 
 
 def _same_workflow(instance: Instance, workflow: str | None) -> bool:
@@ -67,11 +87,15 @@ async def resume_run(
     max_pending: int | None,
     matches: Matches | None = None,
     trace_context: Mapping[str, str] | None = None,
-) -> Wakeup | None:
+    claim_for: ClaimRequest | None = None,
+) -> tuple[Wakeup | None, ClaimedRun | None]:
     """Validate a resume against the stored run and record it; ``None`` if deduplicated.
 
     Shared by ``Engine.resume`` and the command line (which has no engine);
-    ``workflow_for`` finds the run's workflow class (or raises).
+    ``workflow_for`` finds the run's workflow class (or raises). With
+    ``claim_for``, the run is claimed for that engine in the same transaction
+    when nobody holds it (a hibernated run): the second value is what its new
+    driver starts from.
 
     Raises:
         DefinitionMismatch: the run started with another definition of its
@@ -80,35 +104,39 @@ async def resume_run(
     run, latest = await find_run(storage, id, workflow, matches)
     if run is None:
         if dedup_key is not None and await storage.seen_dedup_key(latest.run_id, dedup_key):
-            return None
+            return None, None
         raise InvalidResume(id, event, f"the instance is {latest.status.value}")
     wf = workflow_for(run)
     decide.check_definition(run, wf)
-    pending = {
-        w.step
-        for w in await storage.wakeups(run.run_id)
-        if w.kind is WakeupKind.RESUME and w.step is not None
-    }
+    # A step with a resume pending already is refused by the storage itself
+    # ("step_pending", below), atomically with the dedup check: reading the
+    # wakeups first to tell would cost a read and could only race.
     try:
-        chosen = decide.choose_resume_step(run, wf, event, step=step, pending_steps=pending)
+        chosen = decide.choose_resume_step(run, wf, event, step=step)
     except InvalidResume:
         if dedup_key is not None and await storage.seen_dedup_key(run.run_id, dedup_key):
-            return None
+            return None, None
         raise
+    wakeup = NewWakeup(
+        run_id=run.run_id,
+        kind=WakeupKind.RESUME,
+        step=chosen,
+        event=event,
+        payload=payload,
+        dedup_key=dedup_key,
+        due_at=now,
+        trace_context=trace_context,
+    )
     try:
-        added = await storage.add_wakeup(
-            NewWakeup(
-                run_id=run.run_id,
-                kind=WakeupKind.RESUME,
-                step=chosen,
-                event=event,
-                payload=payload,
-                dedup_key=dedup_key,
-                due_at=now,
-                trace_context=trace_context,
-            ),
+        if claim_for is None:
+            return await storage.add_wakeup(wakeup, now=now, max_pending=max_pending), None
+        return await storage.add_wakeup_and_claim(
+            wakeup,
             now=now,
             max_pending=max_pending,
+            owner=claim_for.owner,
+            ttl=claim_for.ttl,
+            workflows=claim_for.workflows,
         )
     except WakeupRefused as exc:
         if exc.reason == "full":
@@ -118,7 +146,6 @@ async def resume_run(
                 id, event, f"step {chosen!r} already has a pending resume"
             ) from None
         raise InvalidResume(id, event, f"the instance is {exc.status}") from None
-    return added
 
 
 async def request_cancel(storage: Storage, run: Instance, *, now: datetime) -> None:

@@ -194,7 +194,10 @@ class Incarnation:
     async def refresh(self) -> None:
         """Re-read the run's wakeups (a poke said they may have changed)."""
         storage = self.engine.storage
-        rows = await self.io(lambda: storage.wakeups(self.run_id))
+        self._take_wakeups(await self.io(lambda: storage.wakeups(self.run_id)))
+
+    def _take_wakeups(self, rows: Sequence[Wakeup]) -> None:
+        """``rows`` (in ``seq`` order) are the run's unapplied wakeups now."""
         self.unread = False
         self.wakeups = {w.seq: w for w in rows}
         if rows:
@@ -209,7 +212,8 @@ class Incarnation:
     async def _drive(self) -> None:
         storage = self.engine.storage
         inst, self.entry.initial = self.entry.initial, None
-        created_here = inst is not None
+        pending, self.entry.initial_wakeups = self.entry.initial_wakeups, None
+        created_here = inst is not None and pending is None
         if inst is None:
             inst = await self.io(lambda: storage.get(self.run_id))
             if inst is None or inst.is_terminal:
@@ -218,7 +222,10 @@ class Incarnation:
         self.workflow = self.engine.workflow_for(inst)
         self.metadata = self.entry.metadata = self.engine.metadata_for(inst)
         self._announce_start(inst)
-        if not created_here:
+        if pending is not None:
+            # Claimed along with a resume: its wakeups were read in the claim.
+            self._take_wakeups(pending)
+        elif not created_here:
             # A run created by this engine has no wakeup it has not been poked
             # about (``seen`` stays 0, so ``release`` still reports any it missed).
             await self.refresh()

@@ -56,15 +56,17 @@ from ..core._workflow import Workflow
 from ..observability._bus import EventBus, Handler
 from ..storage._memory import MemoryStorage
 from ..storage._protocol import (
+    ClaimedRun,
     Lease,
     NewWakeup,
     Storage,
     UniqueViolation,
+    Wakeup,
     WakeupKind,
     WakeupRefused,
     WorkflowKey,
 )
-from ._calls import cancel_directly, find_run, request_cancel, resume_run
+from ._calls import ClaimRequest, cancel_directly, find_run, request_cancel, resume_run
 from ._clock import WallClock
 from ._driver import drive
 from ._gauges import gauge_reader
@@ -224,17 +226,25 @@ class Engine:
         if self._closed:
             raise EngineClosed("this engine is closed; open a new one with open_engine()")
 
-    def _spawn(self, lease: Lease, initial: Instance | None = None) -> None:
+    def _spawn(
+        self,
+        lease: Lease,
+        initial: Instance | None = None,
+        wakeups: Sequence[Wakeup] | None = None,
+    ) -> None:
         """Drive the run ``lease`` is for (idempotent: a re-claim only refreshes the lease).
 
-        ``initial`` is the state of a run this engine has just created: its loop
-        starts from it rather than reading it back.
+        ``initial`` is the state of a run this engine has just created, or
+        read when it claimed the run, with ``wakeups`` its unapplied wakeups
+        read then: its loop starts from them rather than reading them back.
         """
         entry = self._runs.get(lease.run_id)
         if entry is not None and not entry.closing and not entry.lost:
             entry.lease = lease
+            if wakeups is not None:
+                entry.poke()  # it was read before our wakeup came
             return
-        entry = RunEntry(lease, initial)
+        entry = RunEntry(lease, initial, wakeups)
         self._runs[lease.run_id] = entry
         self._owning.set()
         signal = self._terminal.get(lease.run_id)
@@ -388,7 +398,8 @@ class Engine:
             check_mapping("payload", payload)
             payload = dict(payload)
             check_json_safe(payload, "payload")
-        added = await resume_run(
+        now = self.clock.now()
+        added, claimed = await resume_run(
             self.storage,
             self.workflow_for,
             id,
@@ -397,13 +408,36 @@ class Engine:
             step=step,
             workflow=workflow,
             dedup_key=dedup_key,
-            now=self.clock.now(),
+            now=now,
             max_pending=self.inbox_size,
             matches=self._matches,
             trace_context=self.bus.capture_trace_context(),
+            # A hibernated run is claimed here, with the resume: its driver
+            # starts at once from what the claim read, and the claim loop has
+            # nothing to do for it.
+            claim_for=ClaimRequest(
+                owner=self._engine_id, ttl=self.lease_ttl, workflows=self._workflow_keys()
+            ),
         )
-        if added is not None:
+        if claimed is not None:
+            await self._adopt(claimed, now)
+        elif added is not None:
             self._poke(added.run_id)
+
+    async def _adopt(self, claimed: ClaimedRun, now: datetime) -> None:
+        """Drive a run claimed along with a resume; hand it back if the engine is closing."""
+        if not self._closed:
+            # Not closed: the root nursery is open (it closes only after).
+            self._spawn(claimed.lease, claimed.instance, claimed.wakeups)
+            return
+        with trio.CancelScope(shield=True):
+            try:
+                await self.storage.release(claimed.lease, now=now, wake_at=None, seen=0)
+            except Exception:
+                logger.exception(
+                    "could not hand back run %s at shutdown; its lease will expire",
+                    claimed.lease.run_id,
+                )
 
     async def schedule_resume(
         self,

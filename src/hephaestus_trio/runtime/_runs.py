@@ -10,13 +10,13 @@ loop holds it, and the storage holds the truth.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
 
 from ..core._instance import Instance
-from ..storage._protocol import Lease
+from ..storage._protocol import Lease, Wakeup
 from ._messages import Message, Poke
 
 __all__ = ["RunEntry"]
@@ -25,7 +25,12 @@ __all__ = ["RunEntry"]
 class RunEntry:
     """One run driven by this engine."""
 
-    def __init__(self, lease: Lease, initial: Instance | None = None) -> None:
+    def __init__(
+        self,
+        lease: Lease,
+        initial: Instance | None = None,
+        initial_wakeups: Sequence[Wakeup] | None = None,
+    ) -> None:
         self.run_id = lease.run_id
         self.lease = lease
         # Unbounded: step tasks report once per step and pokes are coalesced,
@@ -45,7 +50,11 @@ class RunEntry:
         """The loop driving the run now, if one runs (``Engine.statistics`` reads it)."""
         self.initial: Instance | None = initial
         """The state this engine just created the run with, for its first loop only:
-        that loop starts from it instead of reading back what it wrote."""
+        that loop starts from it instead of reading back what it wrote; or the
+        state read when this engine claimed it along with a resume."""
+        self.initial_wakeups: Sequence[Wakeup] | None = initial_wakeups
+        """With ``initial`` read at a claim: the run's unapplied wakeups read
+        then, so that its first loop need not read them again."""
 
     def poke(self) -> None:
         """Ask the loop to re-read the run's wakeups (coalesced)."""

@@ -2,6 +2,7 @@
 
 from ._memory import MemoryStorage as MemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage
+from ._protocol import ClaimedRun as ClaimedRun
 from ._protocol import EngineRecord as EngineRecord
 from ._protocol import Lease as Lease
 from ._protocol import NewWakeup as NewWakeup
@@ -18,6 +19,7 @@ from ._sqlite import SQLiteStorage as SQLiteStorage
 from ._urls import storage_from_url as storage_from_url
 
 __all__ = [
+    "ClaimedRun",
     "EngineRecord",
     "Lease",
     "MemoryStorage",

@@ -47,6 +47,7 @@ from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps, loads
 from ._memory_index import ClaimIndex, ready_at
 from ._protocol import (
+    ClaimedRun,
     EngineRecord,
     Lease,
     NewWakeup,
@@ -551,6 +552,17 @@ class MemoryStorage:
         await self._enter()
         now = _utc(now, "now")
         wanted = None if workflows is None else frozenset(workflows)
+        return self._claim(owner, now, ttl, wanted, limit, run_ids)
+
+    def _claim(
+        self,
+        owner: str,
+        now: datetime,
+        ttl: float,
+        wanted: frozenset[WorkflowKey] | None,
+        limit: int,
+        run_ids: Collection[str] | None,
+    ) -> list[Lease]:
         if run_ids is None:
             # Taken out of the index: every one is filed again below.
             candidates = self._claimable.take_due(now, wanted, max(limit, 0))
@@ -707,6 +719,33 @@ class MemoryStorage:
             self._claimable.file(run)
         self._bump()
         return added
+
+    async def add_wakeup_and_claim(
+        self,
+        wakeup: NewWakeup,
+        *,
+        now: datetime,
+        max_pending: int | None = None,
+        owner: str,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+    ) -> tuple[Wakeup | None, ClaimedRun | None]:
+        # Through ``add_wakeup``, so that a subclass wrapping it (a test's
+        # injected fault) sees every wakeup. Its last schedule point is at its
+        # start: nothing else runs between the record and the claim below.
+        added = await self.add_wakeup(wakeup, now=now, max_pending=max_pending)
+        if added is None:
+            return None, None
+        now = _utc(now, "now")
+        wanted = None if workflows is None else frozenset(workflows)
+        leases = self._claim(owner, now, ttl, wanted, 1, (wakeup.run_id,))
+        if not leases:
+            return added, None
+        run = self._runs[wakeup.run_id]
+        claimed = ClaimedRun(
+            lease=leases[0], instance=self._read(run), wakeups=tuple(run.wakeups.values())
+        )
+        return added, claimed
 
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         await self._enter()

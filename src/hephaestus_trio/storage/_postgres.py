@@ -55,7 +55,15 @@ import trio
 from .._errors import StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps
-from ._protocol import EngineRecord, Lease, NewWakeup, RunSummary, Wakeup, WorkflowKey
+from ._protocol import (
+    ClaimedRun,
+    EngineRecord,
+    Lease,
+    NewWakeup,
+    RunSummary,
+    Wakeup,
+    WorkflowKey,
+)
 from ._query import normalize_filters, normalize_now, normalize_page
 
 if TYPE_CHECKING:
@@ -777,6 +785,39 @@ class PostgresStorage:
             self._bump()
             await self._hint()
         return recorded
+
+    async def add_wakeup_and_claim(
+        self,
+        wakeup: NewWakeup,
+        *,
+        now: datetime,
+        max_pending: int | None = None,
+        owner: str,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+    ) -> tuple[Wakeup | None, ClaimedRun | None]:
+        from . import _postgres_ops as ops
+
+        at, ttl = self._now(now), _ttl(ttl)
+        _aware(wakeup.due_at, "due_at")
+        recorded, claimed = await self._run(
+            "add_wakeup_and_claim",
+            lambda conn: ops.add_wakeup_and_claim(
+                conn,
+                wakeup,
+                now=at,
+                created_at=now,
+                max_pending=max_pending,
+                owner=owner,
+                ttl=ttl,
+                workflows=workflows,
+            ),
+        )
+        if recorded is not None and claimed is None:
+            # Claimed: its new driver is the caller, nobody else need look.
+            self._bump()
+            await self._hint()
+        return recorded, claimed
 
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         from . import _postgres_ops as ops

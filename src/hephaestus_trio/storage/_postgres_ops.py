@@ -26,6 +26,7 @@ from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import loads
 from ._postgres_schema import SQL
 from ._protocol import (
+    ClaimedRun,
     Lease,
     NewWakeup,
     RunSummary,
@@ -448,6 +449,34 @@ def add_wakeup(
         row = conn.execute(q("insert_wakeup"), params).fetchone()
     assert row is not None
     return _wakeup(row)
+
+
+def add_wakeup_and_claim(
+    conn: Conn,
+    wakeup: NewWakeup,
+    *,
+    now: datetime | None,
+    created_at: datetime,
+    max_pending: int | None,
+    owner: str,
+    ttl: float,
+    workflows: Collection[WorkflowKey] | None,
+) -> tuple[Wakeup | None, ClaimedRun | None]:
+    """``add_wakeup``, ``claim`` of the run and the reads its new driver starts from, at once."""
+    run_id = wakeup.run_id
+    with conn.transaction():
+        recorded = add_wakeup(conn, wakeup, now=now, created_at=created_at, max_pending=max_pending)
+        if recorded is None:
+            return None, None
+        leases = claim(
+            conn, owner, now=now, ttl=ttl, workflows=workflows, limit=1, run_ids=(run_id,)
+        )
+        if not leases:
+            return recorded, None
+        instance = get(conn, run_id)
+        assert instance is not None  # add_wakeup locked it live just now
+        pending = tuple(wakeups(conn, run_id))
+    return recorded, ClaimedRun(lease=leases[0], instance=instance, wakeups=pending)
 
 
 def seen_dedup_key(conn: Conn, run_id: str, dedup_key: str) -> bool:

@@ -46,6 +46,7 @@ from .._errors import HephaestusError
 from ..core._instance import Instance, Status, TimerRecord
 
 __all__ = [
+    "ClaimedRun",
     "EngineRecord",
     "Lease",
     "NewWakeup",
@@ -155,6 +156,26 @@ class Wakeup:
         assert self.step is not None
         assert self.event is not None
         return TimerRecord(step=self.step, event=self.event, fire_at=self.due_at)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClaimedRun:
+    """A run claimed in the same transaction as a wakeup for it: what its driver starts from.
+
+    Why: the engine that records a resume for a hibernated run is the one that
+    will most likely drive it, and claiming it there saves a commit (the
+    separate claim) and the two reads a new driver makes (the run and its
+    wakeups), read here in the claim's own transaction.
+    """
+
+    lease: Lease
+    """The lease granted, as ``claim`` would have returned it."""
+    instance: Instance
+    """The run's state as stored when it was claimed (what ``get`` returns)."""
+    wakeups: tuple[Wakeup, ...]
+    """Its unapplied wakeups at that moment, in ``seq`` order (what ``wakeups`` returns),
+    the one just recorded included."""
 
 
 @final
@@ -478,6 +499,32 @@ class Storage(Protocol):
         Raises:
             WakeupRefused: the run is not live, the step already has an
                 unapplied resume, or ``max_pending`` resumes are unapplied.
+        """
+        ...
+
+    async def add_wakeup_and_claim(
+        self,
+        wakeup: NewWakeup,
+        *,
+        now: datetime,
+        max_pending: int | None = None,
+        owner: str,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+    ) -> tuple[Wakeup | None, ClaimedRun | None]:
+        """``add_wakeup``, then, in the same transaction, claim the run for ``owner``.
+
+        The wakeup is recorded (or refused, or deduplicated) exactly as by
+        ``add_wakeup``. Once recorded, the run is claimed as ``claim(owner,
+        run_ids=[wakeup.run_id], limit=1, ...)`` would claim it: only when it
+        needs a driver at ``now`` (a wakeup due by then), is unowned or its
+        lease expired, and is of ``workflows`` (``None``: any). A run held by
+        anyone, ``owner`` included, is left as it is. Returns the recorded
+        wakeup (``None`` as ``add_wakeup`` returns it) and the claimed run
+        with its state and unapplied wakeups (``None``: not claimed).
+
+        Raises:
+            WakeupRefused: as ``add_wakeup``; nothing is recorded or claimed.
         """
         ...
 

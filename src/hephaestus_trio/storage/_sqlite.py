@@ -62,7 +62,15 @@ from .._errors import HephaestusError, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from . import _sqlite_engines as engines
 from . import _sqlite_ops as ops
-from ._protocol import EngineRecord, Lease, NewWakeup, RunSummary, Wakeup, WorkflowKey
+from ._protocol import (
+    ClaimedRun,
+    EngineRecord,
+    Lease,
+    NewWakeup,
+    RunSummary,
+    Wakeup,
+    WorkflowKey,
+)
 from ._query import normalize_filters, normalize_now, normalize_page
 from ._sqlite_access import (
     SQLITE_READONLY,
@@ -116,6 +124,25 @@ class _Write:
     state: _State = _State.QUEUED
     result: object = None
     error: Exception | None = None
+
+
+def _claim_params(
+    owner: str,
+    now: datetime,
+    expires: datetime,
+    workflows: Collection[WorkflowKey] | None,
+    limit: int,
+    run_ids: Collection[str] | None,
+) -> dict[str, object]:
+    """The parameters of ``ops.claim``: one place, for ``claim`` and ``add_wakeup_and_claim``."""
+    return {
+        "owner": owner,
+        "now": _timestamp(now),
+        "expires_at": _timestamp(expires),
+        "workflows": workflows_param(workflows),
+        "run_ids": None if run_ids is None else json_array(sorted(set(run_ids))),
+        "limit": limit,
+    }
 
 
 @final
@@ -549,14 +576,7 @@ class SQLiteStorage:
         run_ids: Collection[str] | None = None,
     ) -> list[Lease]:
         expires = expiry(now, ttl)
-        params = {
-            "owner": owner,
-            "now": _timestamp(now),
-            "expires_at": _timestamp(expires),
-            "workflows": workflows_param(workflows),
-            "run_ids": None if run_ids is None else json_array(sorted(set(run_ids))),
-            "limit": limit,
-        }
+        params = _claim_params(owner, now, expires, workflows, limit, run_ids)
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
             self._check_open()
             await trio.lowlevel.checkpoint()
@@ -701,6 +721,41 @@ class SQLiteStorage:
         if recorded is not None:
             self._bump()
         return recorded
+
+    async def add_wakeup_and_claim(
+        self,
+        wakeup: NewWakeup,
+        *,
+        now: datetime,
+        max_pending: int | None = None,
+        owner: str,
+        ttl: float,
+        workflows: Collection[WorkflowKey] | None,
+    ) -> tuple[Wakeup | None, ClaimedRun | None]:
+        row = wakeup_row(wakeup, _timestamp(now))
+        expires = expiry(now, ttl)
+        params = _claim_params(owner, now, expires, workflows, 1, (wakeup.run_id,))
+
+        def apply(
+            conn: sqlite3.Connection,
+        ) -> tuple[Wakeup | None, tuple[int, ops.ClaimedRows] | None]:
+            recorded = ops.add_wakeup(conn, wakeup, row, max_pending)
+            if recorded is None:
+                return None, None
+            claimed = ops.claim(conn, params, among=True)
+            if not claimed:
+                return recorded, None
+            return recorded, (claimed[0][1], ops.claimed_rows(conn, wakeup.run_id))
+
+        recorded, claimed = await self._submit(apply)
+        if claimed is None:
+            if recorded is not None:
+                self._bump()
+            return recorded, None
+        epoch, rows = claimed
+        instance, pending = ops.decode_claimed(rows)  # here, as ``write`` encodes here
+        lease = Lease(run_id=wakeup.run_id, owner=owner, epoch=epoch + 1, expires_at=expires)
+        return recorded, ClaimedRun(lease=lease, instance=instance, wakeups=tuple(pending))
 
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         key = {"run_id": run_id, "dedup_key": dedup_key}

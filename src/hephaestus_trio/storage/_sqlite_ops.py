@@ -95,6 +95,27 @@ def get(conn: sqlite3.Connection, run_id: str) -> Instance | None:
     return with_timers(loads(row[0]), timers)
 
 
+ClaimedRows = tuple[str, list[tuple[str, str, str]], list[Any]]
+"""A claimed run as stored: its document, its timers and its wakeup rows, still encoded."""
+
+
+def claimed_rows(conn: sqlite3.Connection, run_id: str) -> ClaimedRows:
+    """What a new driver starts from, read in the claim's own (write) transaction.
+
+    Left encoded: decoding a large document here would hold the write lock
+    (and every queued write) for it; the caller decodes after the commit.
+    """
+    key = {"run_id": run_id}
+    (text,) = conn.execute(_Q["get_run"], key).fetchone()
+    timers = conn.execute(_Q["timers_of_run"], key).fetchall()
+    return text, timers, conn.execute(_Q["wakeups_of_run"], key).fetchall()
+
+
+def decode_claimed(rows: ClaimedRows) -> tuple[Instance, list[Wakeup]]:
+    text, timers, wakeups = rows
+    return with_timers(loads(text), timers), [wakeup_from_row(row) for row in wakeups]
+
+
 def query(conn: sqlite3.Connection, sql: str, params: Params) -> list[Instance]:
     """The runs ``sql`` selects, with their timers: one more ``SELECT`` for all of them."""
     with snapshot(conn):

@@ -29,7 +29,7 @@ from trio_util import AsyncValue
 
 from .._errors import LeaseLost
 from ..core._instance import ExecutionEntry, Instance, TimerRecord
-from ..storage._protocol import Lease, NewWakeup, Storage, Wakeup, WakeupKind
+from ..storage._protocol import ClaimedRun, Lease, NewWakeup, Storage, Wakeup, WakeupKind
 
 __all__ = ["AuditedStorage", "CrashPoint", "InjectedFault", "completions"]
 
@@ -362,6 +362,19 @@ class AuditedStorage:
                 if added is not None:
                     self._bump()
                 return added
+
+            return await self._mutate(add, _describe_wakeup(wakeup))
+
+    async def add_wakeup_and_claim(
+        self, wakeup: NewWakeup, **kwargs: Any
+    ) -> tuple[Wakeup | None, ClaimedRun | None]:
+        async with self._busy():
+
+            async def add() -> tuple[Wakeup | None, ClaimedRun | None]:
+                added, claimed = await self.inner.add_wakeup_and_claim(wakeup, **kwargs)
+                if added is not None:
+                    self._bump()
+                return added, claimed
 
             return await self._mutate(add, _describe_wakeup(wakeup))
 
