@@ -351,6 +351,10 @@ class _Player:
                         return
                     if run.active_steps and not run.running_steps:
                         pending = await self.storage.wakeups(run.run_id)
+                        if self.storage.revision.value != seen:
+                            # A write came between the two reads (a resume just
+                            # applied, say): they do not describe one state.
+                            continue
                         if not any(timers_too or w.kind is not WakeupKind.TIMER for w in pending):
                             return
                 await self.storage.revision.wait_value(lambda v, seen=seen: v != seen)

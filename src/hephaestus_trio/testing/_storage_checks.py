@@ -66,6 +66,7 @@ from ..core._instance import (
 )
 from ..core._shape import DefinitionShape
 from ..storage._protocol import (
+    ClaimedRun,
     EngineRecord,
     Lease,
     NewWakeup,
@@ -540,6 +541,12 @@ def _every_call(s: Storage) -> list[tuple[str, Callable[[], Awaitable[object]]]]
         ("reap_engines", lambda: s.reap_engines(now=T0)),
         ("engines", lambda: s.engines(now=T0)),
         ("add_wakeup", lambda: s.add_wakeup(_resume("r1"), now=T0)),
+        (
+            "add_wakeup_and_claim",
+            lambda: s.add_wakeup_and_claim(
+                _resume("r1"), now=T0, owner="A", ttl=TTL, workflows=None
+            ),
+        ),
         ("wakeups", lambda: s.wakeups("r1")),
         ("seen_dedup_key", lambda: s.seen_dedup_key("r1", "k")),
         ("cancel_timer", lambda: s.cancel_timer("r1", 1)),
@@ -2280,3 +2287,125 @@ async def _concurrent_readers_and_writers(new_storage: StorageFactory, *, durabl
                 nursery.start_soon(writer, n)
                 nursery.start_soon(reader)
         _eq(len(await s.query()), 30, "every run written")
+
+
+# -- a resume that claims -------------------------------------------------------------
+
+
+async def _resume_and_claim(
+    s: Storage,
+    wakeup: NewWakeup,
+    owner: str,
+    now: datetime,
+    *,
+    workflows: Collection[tuple[str, int]] | None = None,
+    max_pending: int | None = None,
+) -> tuple[Wakeup | None, ClaimedRun | None]:
+    return await s.add_wakeup_and_claim(
+        wakeup, now=now, max_pending=max_pending, owner=owner, ttl=TTL, workflows=workflows
+    )
+
+
+@_check
+async def _a_resume_claims_a_hibernated_run(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        lease = await _create_owned(s, make_run(run_id="r1"))
+        await s.write(lease, _parked(make_run(run_id="r1"), "wait"), now=_at(1))
+        timer = await s.add_wakeup(_timer("r1", "wait", at=_at(500)), now=_at(1))
+        assert timer is not None
+        await s.release(lease, now=_at(2), wake_at=_at(500), seen=timer.seq)
+        added, claimed = await _resume_and_claim(s, _resume("r1", at=_at(3)), "B", _at(3))
+        assert added is not None, "recorded"
+        assert claimed is not None, "an unowned run, due now: claimed"
+        _eq(
+            claimed.lease,
+            Lease(run_id="r1", owner="B", epoch=lease.epoch + 1, expires_at=_at(3 + TTL)),
+            "the lease granted, as claim grants it",
+        )
+        _eq(claimed.instance, await s.get("r1"), "the run as get returns it")
+        _eq(list(claimed.wakeups), await s.wakeups("r1"), "its wakeups as wakeups returns them")
+        _eq([w.seq for w in claimed.wakeups], [timer.seq, added.seq], "the new one included")
+        _eq(await _claim(s, "C", _at(4)), [], "held: nobody else claims it")
+        parked = await s.get("r1")
+        assert parked is not None
+        done = attrs.evolve(parked, status=Status.COMPLETED, updated_at=_at(5))
+        await s.write(claimed.lease, done, now=_at(5), consume=[added.seq])
+        with _raises(LeaseLost, "the lease it had before"):
+            await s.write(lease, done, now=_at(5))
+
+
+@_check
+async def _a_resume_leaves_a_held_run_to_its_owner(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        lease = await _create_owned(s, _parked(make_run(run_id="r1"), "wait", "other"))
+        for owner in ("B", "A"):
+            step = "wait" if owner == "B" else "other"
+            added, claimed = await _resume_and_claim(s, _resume("r1", step), owner, _at(1))
+            assert added is not None, f"recorded for {owner}"
+            _eq(claimed, None, f"held by A: not claimed for {owner}")
+        got = await s.get("r1")
+        assert got is not None
+        await s.write(lease, got, now=_at(2))  # A's lease stands
+        _eq([w.step for w in await s.wakeups("r1")], ["wait", "other"], "both resumes recorded")
+        # Lapsed: the resume claims it, epoch + 1.
+        added, claimed = await _resume_and_claim(
+            s, _resume("r1", "third", at=_at(1 + TTL)), "B", _at(1 + TTL)
+        )
+        assert added is not None, "recorded"
+        assert claimed is not None, "an expired lease is claimed"
+        _eq(claimed.lease.epoch, lease.epoch + 1, "the epoch of a takeover")
+
+
+@_check
+async def _a_resume_claims_only_what_claim_would(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        await s.create(_parked(make_run(run_id="r1"), "wait", "later"), now=T0)
+        added, claimed = await _resume_and_claim(
+            s, _resume("r1", at=_at(1)), "A", _at(1), workflows=[("tests.Other", 1)]
+        )
+        assert added is not None, "recorded whatever the filter"
+        _eq(claimed, None, "a workflow the claimer does not run: not claimed")
+        early = _resume("r1", "later", at=_at(60))
+        added, claimed = await _resume_and_claim(
+            s, early, "A", _at(1), workflows=[("tests.Order", 1)]
+        )
+        assert added is not None
+        assert claimed is not None, "claimable: the first resume is due"
+        _eq(claimed.lease.owner, "A", "claimed for A")
+
+
+@_check
+async def _a_resume_that_records_nothing_claims_nothing(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        await s.create(_parked(make_run(run_id="r1"), "wait"), now=T0)
+        keyed = _resume("r1", at=_at(1), dedup_key="k")
+        added, claimed = await _resume_and_claim(s, keyed, "A", _at(1))
+        assert added is not None, "recorded"
+        assert claimed is not None, "claimed"
+        # Handed back with the resume unapplied: due, so claimable again.
+        await s.release(claimed.lease, now=_at(2), wake_at=_at(1), seen=added.seq)
+        _eq(
+            await _resume_and_claim(s, keyed, "B", _at(3)),
+            (None, None),
+            "a deduplicated resume: nothing recorded, nothing claimed",
+        )
+        with _raises(WakeupRefused, "a second resume of the pending step") as info:
+            await _resume_and_claim(s, _resume("r1", at=_at(3)), "B", _at(3))
+        _eq(info.value.reason, "step_pending", "the refusal's reason")
+        leases = await _claim(s, "C", _at(3))
+        _eq(_ids(leases), ["r1"], "unclaimed by the refused resume: C claims it")
+        lease = await _create_owned(s, make_run("orderid::a2", run_id="r2"))
+        await s.write(
+            lease,
+            attrs.evolve(make_run("orderid::a2", run_id="r2"), status=Status.COMPLETED),
+            now=_at(4),
+        )
+        with _raises(WakeupRefused, "a resume of a terminal run") as info:
+            await _resume_and_claim(s, _resume("r2", at=_at(5)), "B", _at(5))
+        _eq(info.value.reason, "not_live", "the refusal's reason")
