@@ -813,8 +813,10 @@ class PostgresStorage:
                 workflows=workflows,
             ),
         )
-        if recorded is not None and claimed is None:
-            # Claimed: its new driver is the caller, nobody else need look.
+        if recorded is not None:
+            # Hinted even when claimed, as every recorded wakeup is: the hints
+            # are coalesced (at most one per notify_interval), and an engine
+            # watching the run elsewhere (a ``wait`` on it) learns of it.
             self._bump()
             await self._hint()
         return recorded, claimed
