@@ -131,6 +131,15 @@ class AddWakeup:
 
 
 @attrs.frozen
+class AddWakeupAndClaim(AddWakeup):
+    """``add_wakeup_and_claim``: the wakeup as ``AddWakeup``, claimed for ``owner``."""
+
+    owner: str
+    ttl: float
+    workflows: tuple[str, ...] | None
+
+
+@attrs.frozen
 class CancelTimer:
     run_id: str
     seq: int
@@ -216,6 +225,18 @@ _add_wakeup = st.builds(
     due_in=st.sampled_from([0, 0, 30, 120]),
     max_pending=st.none() | st.integers(0, 2),
 )
+_add_wakeup_and_claim = st.builds(
+    AddWakeupAndClaim,
+    run_id=_runs,
+    kind=st.sampled_from(WakeupKind),
+    step=st.sampled_from(STEPS),
+    dedup_key=st.sampled_from(DEDUP),
+    due_in=st.sampled_from([0, 0, 30, 120]),
+    max_pending=st.none() | st.integers(0, 2),
+    owner=st.sampled_from(OWNERS),
+    ttl=st.sampled_from(TTLS),
+    workflows=st.none() | st.lists(st.sampled_from(WORKFLOWS), unique=True).map(tuple),
+)
 
 # The ops that build state are drawn more often than the ones that read or destroy it.
 ops = st.one_of(
@@ -229,6 +250,8 @@ ops = st.one_of(
     _add_wakeup,
     _add_wakeup,
     _add_wakeup,
+    _add_wakeup_and_claim,
+    _add_wakeup_and_claim,
     st.builds(Tick, seconds=st.sampled_from([1, 20, 60, 200])),
     st.builds(
         Renew,
@@ -405,19 +428,38 @@ async def _apply(b: Backend, op: Any, now: datetime) -> object:
         if isinstance(op, AddWakeup):
             step = None if op.kind is WakeupKind.CANCEL else op.step
             event = {WakeupKind.RESUME: "go", WakeupKind.TIMER: "timeout"}.get(op.kind)
-            added = await s.add_wakeup(
-                NewWakeup(
-                    run_id=op.run_id,
-                    kind=op.kind,
-                    step=step,
-                    event=event,
-                    payload={"step": op.step} if op.kind is WakeupKind.RESUME else None,
-                    dedup_key=op.dedup_key if op.kind is WakeupKind.RESUME else None,
-                    due_at=now + timedelta(seconds=op.due_in if op.kind is WakeupKind.TIMER else 0),
-                ),
-                now=now,
-                max_pending=op.max_pending,
+            wakeup = NewWakeup(
+                run_id=op.run_id,
+                kind=op.kind,
+                step=step,
+                event=event,
+                payload={"step": op.step} if op.kind is WakeupKind.RESUME else None,
+                dedup_key=op.dedup_key if op.kind is WakeupKind.RESUME else None,
+                due_at=now + timedelta(seconds=op.due_in if op.kind is WakeupKind.TIMER else 0),
             )
+            if isinstance(op, AddWakeupAndClaim):
+                added, claimed = await s.add_wakeup_and_claim(
+                    wakeup,
+                    now=now,
+                    max_pending=op.max_pending,
+                    owner=op.owner,
+                    ttl=op.ttl,
+                    workflows=None if op.workflows is None else [(w, 1) for w in op.workflows],
+                )
+                if added is not None:
+                    b.note([added])
+                if claimed is None:
+                    return None if added is None else (b.wakeup(added), None)
+                assert added is not None, "claimed without recording"
+                b.leases.append(claimed.lease)
+                b.note(claimed.wakeups)
+                return (
+                    b.wakeup(added),
+                    claimed.lease,
+                    claimed.instance,
+                    [b.wakeup(w) for w in claimed.wakeups],
+                )
+            added = await s.add_wakeup(wakeup, now=now, max_pending=op.max_pending)
             if added is None:
                 return None
             b.note([added])
