@@ -216,23 +216,18 @@ _claim = st.builds(
     limit=st.integers(0, 3),
     run_ids=st.none() | st.lists(_runs, max_size=2).map(tuple),
 )
-_add_wakeup = st.builds(
-    AddWakeup,
-    run_id=_runs,
-    kind=st.sampled_from(WakeupKind),
-    step=st.sampled_from(STEPS),
-    dedup_key=st.sampled_from(DEDUP),
-    due_in=st.sampled_from([0, 0, 30, 120]),
-    max_pending=st.none() | st.integers(0, 2),
-)
+_wakeup_fields = {
+    "run_id": _runs,
+    "kind": st.sampled_from(WakeupKind),
+    "step": st.sampled_from(STEPS),
+    "dedup_key": st.sampled_from(DEDUP),
+    "due_in": st.sampled_from([0, 0, 30, 120]),
+    "max_pending": st.none() | st.integers(0, 2),
+}
+_add_wakeup = st.builds(AddWakeup, **_wakeup_fields)
 _add_wakeup_and_claim = st.builds(
     AddWakeupAndClaim,
-    run_id=_runs,
-    kind=st.sampled_from(WakeupKind),
-    step=st.sampled_from(STEPS),
-    dedup_key=st.sampled_from(DEDUP),
-    due_in=st.sampled_from([0, 0, 30, 120]),
-    max_pending=st.none() | st.integers(0, 2),
+    **_wakeup_fields,
     owner=st.sampled_from(OWNERS),
     ttl=st.sampled_from(TTLS),
     workflows=st.none() | st.lists(st.sampled_from(WORKFLOWS), unique=True).map(tuple),

@@ -95,6 +95,53 @@ async def test_a_cancelled_resume_does_not_keep_the_run_awake(
     assert [e.step for e in final.execution_history].count("wait_for_event") == 1
 
 
+# -- the resuming engine claims a hibernated run ----------------------------------------
+
+
+class WatchedReads(MemoryStorage):
+    """Counts, while ``watching``, the runs read back and the leases the claim loop takes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.watching = False
+        self.reads: list[str] = []
+        self.loop_claims: list[str] = []
+
+    async def get(self, run_id: str) -> Any:
+        if self.watching:
+            self.reads.append(run_id)
+        return await super().get(run_id)
+
+    async def claim(self, owner: str, **kwargs: Any) -> Any:
+        leases = await super().claim(owner, **kwargs)
+        if self.watching:
+            self.loop_claims += [lease.run_id for lease in leases]
+        return leases
+
+
+async def test_a_resumed_hibernated_run_is_driven_from_the_resume_claim(
+    autojump_clock: Any,
+) -> None:
+    """The engine that records the resume claims the run in the same call and its
+    driver starts from what that call read: the claim loop takes no lease for it
+    and nothing reads the run back."""
+    storage = WatchedReads()
+    async with open_engine(storage, workflows=[Signal]) as engine:
+        iid = await engine.start_instance(Signal, {}, id="signal::n1")
+        await trio.sleep(1)
+        assert engine.live_tasks == 0  # parked without a timer: hibernating
+        storage.watching = True
+        await engine.resume(iid, "received", {"ok": True})
+        assert engine.live_tasks > 0  # driven at once, before any claim loop pass
+        await trio.sleep(1)
+        storage.watching = False
+        final = await engine.wait(iid)
+    assert final.status is Status.COMPLETED
+    assert final.context.steps["wait_for_event"] == {"ok": True}
+    assert storage.loop_claims == []
+    assert storage.reads == []
+
+
 # -- a resume right after get shows the step parked -------------------------------------
 
 

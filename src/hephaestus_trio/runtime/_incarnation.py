@@ -213,7 +213,7 @@ class Incarnation:
         storage = self.engine.storage
         inst, self.entry.initial = self.entry.initial, None
         pending, self.entry.initial_wakeups = self.entry.initial_wakeups, None
-        created_here = inst is not None and pending is None
+        created_here = inst is not None
         if inst is None:
             inst = await self.io(lambda: storage.get(self.run_id))
             if inst is None or inst.is_terminal:
