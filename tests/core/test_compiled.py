@@ -96,3 +96,27 @@ def test_fused_transition_raises_what_complete_step_raises() -> None:
         _transition(inst, "a", "go", {"x": object()}, workflow=Linear)
     assert inst.updated_at == T0  # the argument is untouched
     assert inst.active_steps == frozenset({"a"})
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda w: w.__name__)
+def test_transitions_leave_no_cyclic_garbage(workflow: type[Workflow]) -> None:
+    """Every branch (joins and dead paths included) is freed by reference counting.
+
+    Cyclic garbage is what makes the collector run in a long-lived engine: a
+    transition that leaves any (mutually recursive closures did, at every
+    join) costs a collection's walk over every live run, not just itself.
+    """
+    import gc
+
+    contexts = [{"priority": p} for p in ("high", "low", "both")] if workflow is Routed else [{}]
+    _walk(workflow, contexts[0])  # warm up: first-use caches are not garbage
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for context in contexts:
+            _walk(workflow, context)
+        assert gc.collect() == 0
+    finally:
+        if enabled:
+            gc.enable()

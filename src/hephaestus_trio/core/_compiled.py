@@ -110,24 +110,49 @@ def dead_checker(
     full scan (``ready_steps``, ``can_still_run``) and the incremental path use,
     so they can never disagree.
     """
-    dead: dict[str, bool] = {}
+    return _DeadChecker(start, predecessors, completed, active, taken)
 
-    def is_dead(key: str) -> bool:
-        known = dead.get(key)
+
+class _DeadChecker:
+    """``dead_checker``'s answer: an object, not two closures calling each other.
+
+    Mutually recursive closures form a reference cycle (each holds the other's
+    cell), so every transition through a join would leave cyclic garbage for
+    the collector; an instance is freed by reference counting the moment the
+    transition is decided.
+    """
+
+    __slots__ = ("_active", "_completed", "_dead", "_predecessors", "_start", "_taken")
+
+    def __init__(
+        self,
+        start: str,
+        predecessors: Mapping[str, Collection[str]],
+        completed: Collection[str],
+        active: Collection[str],
+        taken: Collection[tuple[str, str]],
+    ) -> None:
+        self._start = start
+        self._predecessors = predecessors
+        self._completed = completed
+        self._active = active
+        self._taken = taken
+        self._dead: dict[str, bool] = {}
+
+    def __call__(self, key: str) -> bool:
+        known = self._dead.get(key)
         if known is None:
-            if key == start or key in completed or key in active:
+            if key == self._start or key in self._completed or key in self._active:
                 known = False
             else:
-                known = all(edge_dead(p, key) for p in predecessors[key])
-            dead[key] = known
+                known = all(self._edge_dead(p, key) for p in self._predecessors[key])
+            self._dead[key] = known
         return known
 
-    def edge_dead(pred: str, key: str) -> bool:
-        if pred in completed:
-            return (pred, key) not in taken
-        return is_dead(pred)
-
-    return is_dead
+    def _edge_dead(self, pred: str, key: str) -> bool:
+        if pred in self._completed:
+            return (pred, key) not in self._taken
+        return self(pred)
 
 
 def newly_ready(
