@@ -159,3 +159,44 @@ async def test_runs_an_engine_finishes_leave_no_object_graph_behind() -> None:
         assert not any(gc.is_tracked(record) for record in storage._finished.values())
         runs = await storage.query(workflow="tests.CompactFlow")
         assert [run.status for run in runs] == [Status.COMPLETED] * 20
+
+
+async def test_the_claim_index_keeps_no_finished_run_alive() -> None:
+    """A held run's index entry outlives it (until its lease would have expired):
+    the entry must not keep the run's last document alive for the collector."""
+    import weakref
+
+    async with MemoryStorage() as storage:
+        done = await _finish_one(storage, "r1")
+        assert "r1" not in storage._runs
+        last = weakref.ref(done)
+        del done
+        gc.collect()
+        assert last() is None
+        # The run is still found by every query, from its compact record.
+        assert [run.run_id for run in await storage.query(status=Status.COMPLETED)] == ["r1"]
+
+
+async def test_renewing_held_runs_does_not_grow_the_claim_index() -> None:
+    """Each renewal re-files the run and leaves its old entry stale; stale entries are
+    swept once they are the majority, so a long-lived lease costs constant memory."""
+    from hephaestus_trio.storage._memory_index import _SWEEP_AT
+
+    async with MemoryStorage() as storage:
+        leases = []
+        for n in range(10):
+            run = Instance.new("tests.Compact", {}, id=f"held::{n}", run_id=f"h{n}", now=T0)
+            lease = await storage.create(run, now=T0, owner="engine", ttl=30)
+            assert lease is not None
+            leases.append(lease)
+        at = T0
+        for _ in range(1_000):
+            at += timedelta(seconds=1)
+            leases = await storage.renew("engine", leases, now=at, ttl=30)
+            assert len(leases) == 10
+        index = storage._claimable
+        assert index._entries <= 2 * _SWEEP_AT + 10
+        # Still a correct index: the runs are claimable once their leases lapse.
+        later = at + timedelta(seconds=31)
+        claimed = await storage.claim("other", now=later, ttl=30, workflows=None, limit=100)
+        assert sorted(c.run_id for c in claimed) == sorted(lease.run_id for lease in leases)

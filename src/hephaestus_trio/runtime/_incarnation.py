@@ -26,7 +26,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import trio
 
@@ -48,6 +48,7 @@ __all__ = ["REFUSED_RETRY", "Incarnation", "StorageFault"]
 logger = logging.getLogger("hephaestus_trio.runtime")
 
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 REFUSED_RETRY = 60.0
 """Seconds before a run refused for a definition mismatch is claimable again."""
@@ -92,6 +93,8 @@ class Incarnation:
         self.executing: set[str] = set()
         """Steps executing now: inline in the loop, or in a task of the run's nursery."""
         self.inline: str | None = None
+        self.reported: Message | None = None
+        """What the step running inline reported (its one final message)."""
         self.nursery: trio.Nursery | None = None
         self.interrupting = False
         """A cancel request asked to stop the executing steps: the nursery is (or is
@@ -112,17 +115,21 @@ class Incarnation:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def io(self, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run one storage call; any failure but a lost lease is a ``StorageFault``.
+    async def io(self, call: Callable[_P, Awaitable[_T]], *args: _P.args, **kw: _P.kwargs) -> _T:
+        """Run ``call(*args, **kw)``, one storage call; any failure but a lost lease
+        is a ``StorageFault``.
 
         No call starts once steps are being interrupted: the nursery is cancelled
         and the loop leaves it here, before the call, never in the middle of one.
+        The call comes with its arguments rather than as a closure: a closure
+        and its cells would live, per run, as long as the call is in flight,
+        and the collector walks everything that lives.
         """
         if self.interrupting and self.nursery is not None:
             self.nursery.cancel_scope.cancel()
             await trio.lowlevel.checkpoint()  # Cancelled, unless shielded (a failed attempt)
         try:
-            return await call()
+            return await call(*args, **kw)
         except (LeaseLost, WakeupGone, trio.Cancelled):
             raise
         except Exception as exc:
@@ -163,9 +170,7 @@ class Incarnation:
         began = trio.current_time() if timed else 0.0
         try:
             added = await self.io(
-                lambda: storage.write(
-                    lease, new, now=self.now(), consume=consume, add_timers=add_timers
-                )
+                storage.write, lease, new, now=self.now(), consume=consume, add_timers=add_timers
             )
         except BaseException:
             self.entry.closing = was_closing
@@ -194,7 +199,7 @@ class Incarnation:
     async def refresh(self) -> None:
         """Re-read the run's wakeups (a poke said they may have changed)."""
         storage = self.engine.storage
-        self._take_wakeups(await self.io(lambda: storage.wakeups(self.run_id)))
+        self._take_wakeups(await self.io(storage.wakeups, self.run_id))
 
     def _take_wakeups(self, rows: Sequence[Wakeup]) -> None:
         """``rows`` (in ``seq`` order) are the run's unapplied wakeups now."""
@@ -215,7 +220,7 @@ class Incarnation:
         pending, self.entry.initial_wakeups = self.entry.initial_wakeups, None
         created_here = inst is not None
         if inst is None:
-            inst = await self.io(lambda: storage.get(self.run_id))
+            inst = await self.io(storage.get, self.run_id)
             if inst is None or inst.is_terminal:
                 return
         self.inst = inst
@@ -288,7 +293,7 @@ class Incarnation:
 
     async def _fail_for_good(self, crash: BaseException, restarts: int) -> None:
         storage = self.engine.storage
-        inst = await self.io(lambda: storage.get(self.run_id))
+        inst = await self.io(storage.get, self.run_id)
         if inst is None or inst.is_terminal:
             return
         self.inst = inst
@@ -320,9 +325,7 @@ class Incarnation:
         storage = self.engine.storage
         lease = self.entry.lease
         wake_at = self.engine.clock.after(REFUSED_RETRY)
-        await self.io(
-            lambda: storage.release(lease, now=self.now(), wake_at=wake_at, seen=self.seen)
-        )
+        await self.io(storage.release, lease, now=self.now(), wake_at=wake_at, seen=self.seen)
 
     async def _next_message(self) -> Message | None:
         if self.inline is not None:
@@ -593,7 +596,7 @@ class Incarnation:
         storage = self.engine.storage
         lease = self.entry.lease
         more = await self.io(
-            lambda: storage.release(lease, now=self.now(), wake_at=wake_at, seen=self.seen)
+            storage.release, lease, now=self.now(), wake_at=wake_at, seen=self.seen
         )
         self.hibernated = True
         if more:
@@ -650,24 +653,32 @@ class Incarnation:
     async def _run_inline(self, key: str) -> Message:
         assert self.workflow is not None
         self.inline = None
-        reported: list[Message] = []
-
-        async def keep(message: Message) -> None:
-            reported.append(message)
-
-        async def record(message: AttemptFailed) -> None:
-            # The step runs in the loop task, so the loop writes its failed attempts
-            # itself, shielded from the step's scope: a cancel request interrupting
-            # the step must not cut a write whose outcome the loop would not know.
-            with trio.CancelScope(shield=True):
-                await self._record_attempt(message)
-
         self._rest()
         try:
-            await self._attempts(key, self.workflow.definition().steps[key], keep, record)
+            await self._attempts(
+                key, self.workflow.definition().steps[key], self._keep_inline, self._record_inline
+            )
         finally:
             self.at_rest = False
-        return reported[0]
+        reported, self.reported = self.reported, None
+        assert reported is not None
+        return reported
+
+    # Methods, not closures made per step: a closure and its cells would live
+    # as long as the step runs, for every run in flight (see ``io``).
+
+    async def _keep_inline(self, message: Message) -> None:
+        self.reported = message
+
+    async def _record_inline(self, message: AttemptFailed) -> None:
+        # The step runs in the loop task, so the loop writes its failed attempts
+        # itself, shielded from the step's scope: a cancel request interrupting
+        # the step must not cut a write whose outcome the loop would not know.
+        with trio.CancelScope(shield=True):
+            await self._record_attempt(message)
+
+    def _snapshot(self) -> Instance:
+        return self.state
 
     async def _attempts(
         self,
@@ -689,7 +700,7 @@ class Incarnation:
             step_key=key,
             step_cls=step_cls,
             config=self.state.step_configs.get(key),
-            snapshot=lambda: self.state,
+            snapshot=self._snapshot,
             report=report,
             record=record,
             emit=self.engine.bus.emit,

@@ -169,7 +169,7 @@ class MemoryStorage:
         self._holders: dict[str, str] = {}  # live unique_key -> run_id
         # The runs needing a driver, by when; and each engine's runs: claims and
         # pokes look at these, never at the (mostly hibernated) rest.
-        self._claimable = ClaimIndex()
+        self._claimable = ClaimIndex(self._runs)
         self._held: dict[str, dict[str, _Run]] = {}
         self._seq = itertools.count(1)
         # engine_id -> [started_at, info, last_heartbeat]
