@@ -34,6 +34,8 @@ from hypothesis import strategies as st
 from hephaestus_trio import Instance, LeaseLost, MemoryStorage, SQLiteStorage, Status, Storage
 from hephaestus_trio.core._instance import TimerRecord
 from hephaestus_trio.storage import (
+    Advance,
+    ClaimedRun,
     Lease,
     NewWakeup,
     UniqueViolation,
@@ -137,6 +139,34 @@ class AddWakeupAndClaim(AddWakeup):
     owner: str
     ttl: float
     workflows: tuple[str, ...] | None
+    advance: str = "none"
+    """``none``; ``park`` (waiting on the other step, with a timer); ``decline``;
+    ``fail`` (raises); ``end`` (a terminal state: refused)."""
+
+
+def _advancer(how: str, step: str) -> Any:
+    """The same advancer for both backends: what to make of the claimed run."""
+    if how == "none":
+        return None
+
+    def advance(claimed: ClaimedRun, recorded: Wakeup) -> Advance | None:
+        if how == "decline":
+            return None
+        if how == "fail":
+            raise RuntimeError("an advancer that fails")
+        other = "b" if step == "a" else "a"
+        new = attrs.evolve(
+            claimed.instance,
+            status=Status.COMPLETED if how == "end" else Status.WAITING,
+            active_steps=frozenset({other}),
+            waiting_steps=frozenset({other}),
+            updated_at=recorded.created_at,
+            timers=(),
+        )
+        timer = TimerRecord(step=other, event="timeout", fire_at=recorded.created_at)
+        return Advance(instance=new, timers=(timer,))
+
+    return advance
 
 
 @attrs.frozen
@@ -231,6 +261,7 @@ _add_wakeup_and_claim = st.builds(
     owner=st.sampled_from(OWNERS),
     ttl=st.sampled_from(TTLS),
     workflows=st.none() | st.lists(st.sampled_from(WORKFLOWS), unique=True).map(tuple),
+    advance=st.sampled_from(["none", "park", "park", "decline", "fail", "end"]),
 )
 
 # The ops that build state are drawn more often than the ones that read or destroy it.
@@ -440,6 +471,7 @@ async def _apply(b: Backend, op: Any, now: datetime) -> object:
                     owner=op.owner,
                     ttl=op.ttl,
                     workflows=None if op.workflows is None else [(w, 1) for w in op.workflows],
+                    advance=_advancer(op.advance, op.step),
                 )
                 if added is not None:
                     b.note([added])
@@ -453,6 +485,7 @@ async def _apply(b: Backend, op: Any, now: datetime) -> object:
                     claimed.lease,
                     claimed.instance,
                     [b.wakeup(w) for w in claimed.wakeups],
+                    None if claimed.applied is None else b.wakeup(claimed.applied),
                 )
             added = await s.add_wakeup(wakeup, now=now, max_pending=op.max_pending)
             if added is None:

@@ -22,8 +22,9 @@ declares itself ``ready`` (the marker the test waits for before SIGKILL):
 - ``retry``: a step whose first attempt in each process crashes; attempt 2 blocks.
 - ``parked``: two runs park in ``WaitForEvent``.
 - ``timer``: a run parks in ``Wait`` (a durable timer of a few real seconds).
-- ``after_resume``: a parked run is resumed; the child blocks its event loop
-  the moment ``resume`` returns, so the resume is accepted but not applied.
+- ``after_resume``: a hibernated run is resumed; the child blocks its event
+  loop the moment ``resume`` returns, so the resume is on disk (applied in
+  the claim it made) but the next step never started.
 - ``after_start``: ``start_instance`` returns; the loop blocks at once, so
   the run is persisted ``pending`` and never advanced.
 """
@@ -285,8 +286,10 @@ async def child(db: Path, scenario: str) -> None:
         elif scenario == "after_resume":
             for run in runs:
                 await until_waiting(engine, run.id)
+                while engine.live_tasks:  # until it hibernated: the resume claims it
+                    await trio.sleep(0.005)
                 await engine.resume(run.id, RESUME_EVENT)
-            # Block the loop right away: the resume is on disk, not yet applied.
+            # Block the loop right away: the resume is on disk, its next step not started.
             write_marker("ready")
             time.sleep(CHILD_LIFETIME)
         write_marker("ready")

@@ -201,7 +201,13 @@ async def test_overdue_timer_fires_at_once_after_a_restart(crash: Crash) -> None
 
 
 async def test_kill_right_after_resume_returned(crash: Crash) -> None:
-    """The accepted resume is on disk; the restarted engine applies it exactly once."""
+    """The accepted resume is on disk; the restarted engine goes on from it exactly once.
+
+    The run had hibernated, so the resume claimed it and was applied in that
+    claim's commit: on disk it is already the step's completion (no pending
+    resume), its next step not yet started, as the child's loop was blocked
+    when ``resume`` returned.
+    """
     expected = await reference("after_resume")
     child = crash("after_resume")
     await child.wait_for(["ready"])
@@ -209,12 +215,13 @@ async def test_kill_right_after_resume_returned(crash: Crash) -> None:
 
     before = await persisted(child.db, child.runs)
     run = before["parked::r1"]
-    # Accepted but never applied: the child's loop was blocked when resume returned.
-    assert run.status is Status.WAITING
-    assert run.waiting_steps == {"wait_for_event"}
-    assert await pending_resumes(child.db) == [(run.run_id, "wait_for_event", app.RESUME_EVENT)]
+    assert run.status is Status.RUNNING
+    assert run.waiting_steps == set()
+    assert history(run)[-1] == ("wait_for_event", "received")
+    assert await pending_resumes(child.db) == []
+    assert executions(child, "parked::r1", "finish") == (0, 0)
 
-    after = await restart(child)  # no second resume: the pending one is replayed
+    after = await restart(child)  # no second resume: the next step runs from the disk
 
     assert_recovered(child, before, after, expected)
     done = after["parked::r1"]

@@ -17,14 +17,16 @@ import attrs
 from .._errors import (
     AmbiguousInstance,
     Backpressure,
+    DefinitionMismatch,
     InstanceNotFound,
     InvalidResume,
     NotCancellable,
 )
 from ..core import _decisions as decide
-from ..core._instance import Instance
+from ..core._instance import Instance, Status
 from ..core._workflow import Workflow
 from ..storage._protocol import (
+    Advance,
     ClaimedRun,
     Lease,
     NewWakeup,
@@ -35,7 +37,15 @@ from ..storage._protocol import (
     WorkflowKey,
 )
 
-__all__ = ["ClaimRequest", "Matches", "cancel_directly", "find_run", "request_cancel", "resume_run"]
+__all__ = [
+    "ClaimRequest",
+    "Matches",
+    "ResumeInClaim",
+    "cancel_directly",
+    "find_run",
+    "request_cancel",
+    "resume_run",
+]
 
 Matches = Callable[[Instance, str | None], bool]
 """Whether a run belongs to the workflow a caller named (``None``: any)."""
@@ -48,6 +58,66 @@ class ClaimRequest:
     owner: str
     ttl: float
     workflows: Collection[WorkflowKey] | None
+    advance: ResumeInClaim | None = None
+    """Apply the resume in the claim, as this says (its ``workflow`` is set here)."""
+    driving: Callable[[str], bool] = lambda run_id: False
+    """Whether the claimer drives a run already (by ``run_id``): then ``advance``
+    is not used; that run, even on a lapsed lease, keeps its own loop's state."""
+
+
+@attrs.define
+class ResumeInClaim:
+    """The ``Advancer`` of a resume that claims a hibernated run: apply it in the claim.
+
+    Why: its new driver would otherwise start by writing this very transition,
+    one more commit between ``resume`` and the next step. It declines (the
+    driver applies the resume, as without it) whenever the driver's own order
+    could differ: another wakeup is due, the run is not simply parked on the
+    step, or the transition would end the run (the loop that writes the
+    terminal state announces it).
+    """
+
+    at: datetime
+    workflow: type[Workflow] | None = None
+    """The run's workflow, set by ``resume_run`` once it found the run."""
+    before: Instance | None = None
+    """The state the claim read, once the resume was applied to it."""
+    event: str | None = None
+    """The event the resumed step completed with, after mapping."""
+
+    def __call__(self, claimed: ClaimedRun, recorded: Wakeup) -> Advance | None:
+        inst, at, workflow = claimed.instance, self.at, self.workflow
+        if (
+            workflow is None
+            or recorded.kind is not WakeupKind.RESUME
+            or recorded.step is None
+            or recorded.event is None
+            or inst.status is not Status.WAITING
+            or recorded.step not in inst.waiting_steps
+        ):
+            return None
+        for other in claimed.wakeups:
+            if other.seq != recorded.seq and not (
+                other.kind is WakeupKind.TIMER and other.due_at > at
+            ):
+                return None
+        try:
+            decide.check_definition(inst, workflow)
+        except DefinitionMismatch:
+            return None
+        decision = decide.apply_resume(
+            inst,
+            recorded.step,
+            recorded.event,
+            recorded.payload,
+            at=at,
+            workflow=workflow,
+            wakeup=recorded.seq,
+        )
+        if decision.outcome != "completed" or decision.instance.is_terminal:
+            return None
+        self.before, self.event = inst, decision.event
+        return Advance(instance=decision.instance, timers=decision.timers)
 
 
 def _same_workflow(instance: Instance, workflow: str | None) -> bool:
@@ -95,7 +165,8 @@ async def resume_run(
     ``workflow_for`` finds the run's workflow class (or raises). With
     ``claim_for``, the run is claimed for that engine in the same transaction
     when nobody holds it (a hibernated run): the second value is what its new
-    driver starts from.
+    driver starts from (with the resume applied, ``ClaimedRun.applied``, when
+    ``claim_for.advance`` did apply it: it then holds what it applied).
 
     Raises:
         DefinitionMismatch: the run started with another definition of its
@@ -130,6 +201,12 @@ async def resume_run(
     try:
         if claim_for is None:
             return await storage.add_wakeup(wakeup, now=now, max_pending=max_pending), None
+        advance = claim_for.advance
+        if advance is not None:
+            if claim_for.driving(run.run_id):
+                advance = None
+            else:
+                advance.workflow = wf
         return await storage.add_wakeup_and_claim(
             wakeup,
             now=now,
@@ -137,6 +214,7 @@ async def resume_run(
             owner=claim_for.owner,
             ttl=claim_for.ttl,
             workflows=claim_for.workflows,
+            advance=advance,
         )
     except WakeupRefused as exc:
         if exc.reason == "full":

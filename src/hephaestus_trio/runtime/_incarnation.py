@@ -37,7 +37,7 @@ from ..core._instance import Instance, Status, TimerRecord
 from ..core._workflow import Workflow
 from ..storage._protocol import Wakeup, WakeupGone, WakeupKind
 from ._messages import AttemptFailed, Message, Poke, StepCrashed, StepFinished
-from ._runs import RunEntry
+from ._runs import AppliedResume, RunEntry
 from ._step_runner import run_step
 
 if TYPE_CHECKING:
@@ -187,6 +187,9 @@ class Incarnation:
         if new.is_terminal:
             self.wakeups.clear()
             self.final = new
+        self._announce_transition(old, new)
+
+    def _announce_transition(self, old: Instance, new: Instance) -> None:
         if old.status is not new.status or old.active_steps != new.active_steps:
             self.emit(
                 "workflow.transition",
@@ -218,6 +221,7 @@ class Incarnation:
         storage = self.engine.storage
         inst, self.entry.initial = self.entry.initial, None
         pending, self.entry.initial_wakeups = self.entry.initial_wakeups, None
+        resumed, self.entry.resumed = self.entry.resumed, None
         created_here = inst is not None
         if inst is None:
             inst = await self.io(storage.get, self.run_id)
@@ -230,6 +234,9 @@ class Incarnation:
         if pending is not None:
             # Claimed along with a resume: its wakeups were read in the claim.
             self._take_wakeups(pending)
+            if resumed is not None:
+                self.seen = max(self.seen, resumed.wakeup.seq)
+                self._announce_claimed_resume(resumed)
         elif not created_here:
             # A run created by this engine has no wakeup it has not been poked
             # about (``seen`` stays 0, so ``release`` still reports any it missed).
@@ -503,6 +510,13 @@ class Incarnation:
         if decision.outcome == "completed" and self.engine.bus.wants("step.resume"):
             self._announce_resume(wakeup, decision.event)
         return True
+
+    def _announce_claimed_resume(self, resumed: AppliedResume) -> None:
+        """What ``commit`` and ``_apply`` announce for a resume, applied in the claim."""
+        old, new = resumed.before, self.state
+        self._announce_transition(old, new)
+        if self.engine.bus.wants("step.resume"):
+            self._announce_resume(resumed.wakeup, resumed.event)
 
     def _announce_resume(self, wakeup: Wakeup, event: str | None) -> None:
         """``step.resume``, with how long the wakeup waited to be applied."""

@@ -66,12 +66,19 @@ from ..storage._protocol import (
     WakeupRefused,
     WorkflowKey,
 )
-from ._calls import ClaimRequest, cancel_directly, find_run, request_cancel, resume_run
+from ._calls import (
+    ClaimRequest,
+    ResumeInClaim,
+    cancel_directly,
+    find_run,
+    request_cancel,
+    resume_run,
+)
 from ._clock import WallClock
 from ._driver import drive
 from ._gauges import gauge_reader
 from ._ownership import claim_loop, claim_now, renew_loop
-from ._runs import RunEntry
+from ._runs import AppliedResume, RunEntry
 from ._statistics import EngineStatistics
 from ._timers import TimerHandle
 
@@ -231,20 +238,27 @@ class Engine:
         lease: Lease,
         initial: Instance | None = None,
         wakeups: Sequence[Wakeup] | None = None,
+        resumed: AppliedResume | None = None,
     ) -> None:
         """Drive the run ``lease`` is for (idempotent: a re-claim only refreshes the lease).
 
         ``initial`` is the state of a run this engine has just created, or
         read when it claimed the run, with ``wakeups`` its unapplied wakeups
-        read then: its loop starts from them rather than reading them back.
+        read then: its loop starts from them rather than reading them back;
+        ``resumed``, the resume that claim applied (``initial`` is its result).
         """
         entry = self._runs.get(lease.run_id)
         if entry is not None and not entry.closing and not entry.lost:
-            entry.lease = lease
-            if wakeups is not None:
-                entry.poke()  # it was read before our wakeup came
-            return
-        entry = RunEntry(lease, initial, wakeups)
+            if resumed is None:
+                entry.lease = lease
+                if wakeups is not None:
+                    entry.poke()  # it was read before our wakeup came
+                return
+            # Never the case as ``resume`` asks (it does not apply a resume in
+            # the claim of a run driven here), but were it: that loop's state
+            # is older than the claim's write, so it must stop unwritten.
+            entry.stop_lost()
+        entry = RunEntry(lease, initial, wakeups, resumed)
         self._runs[lease.run_id] = entry
         self._owning.set()
         signal = self._terminal.get(lease.run_id)
@@ -399,6 +413,7 @@ class Engine:
             payload = dict(payload)
             check_json_safe(payload, "payload")
         now = self.clock.now()
+        advance = ResumeInClaim(now) if self.storage.durable else None
         added, claimed = await resume_run(
             self.storage,
             self.workflow_for,
@@ -415,20 +430,35 @@ class Engine:
             # A hibernated run is claimed here, with the resume: its driver
             # starts at once from what the claim read, and the claim loop has
             # nothing to do for it.
+            # On durable storage the resume itself is applied in that claim
+            # (one commit, not two), unless this engine drives the run already
+            # (its loop's state must stay its own). In memory there is no
+            # commit to save: the driver applies it, through ``write``.
             claim_for=ClaimRequest(
-                owner=self._engine_id, ttl=self.lease_ttl, workflows=self._workflow_keys()
+                owner=self._engine_id,
+                ttl=self.lease_ttl,
+                workflows=self._workflow_keys(),
+                advance=advance,
+                driving=self._runs.__contains__,
             ),
         )
         if claimed is not None:
-            await self._adopt(claimed, now)
+            await self._adopt(claimed, now, advance)
         elif added is not None:
             self._poke(added.run_id)
 
-    async def _adopt(self, claimed: ClaimedRun, now: datetime) -> None:
+    async def _adopt(
+        self, claimed: ClaimedRun, now: datetime, applied: ResumeInClaim | None = None
+    ) -> None:
         """Drive a run claimed along with a resume; hand it back if the engine is closing."""
         if not self._closed:
             # Not closed: the root nursery is open (it closes only after).
-            self._spawn(claimed.lease, claimed.instance, claimed.wakeups)
+            resumed = None
+            if claimed.applied is not None and applied is not None and applied.before is not None:
+                resumed = AppliedResume(
+                    before=applied.before, wakeup=claimed.applied, event=applied.event
+                )
+            self._spawn(claimed.lease, claimed.instance, claimed.wakeups, resumed)
             return
         with trio.CancelScope(shield=True):
             try:

@@ -13,13 +13,28 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import trio
 
 from ..core._instance import Instance
 from ..storage._protocol import Lease, Wakeup
 from ._messages import Message, Poke
 
-__all__ = ["RunEntry"]
+__all__ = ["AppliedResume", "RunEntry"]
+
+
+@attrs.frozen
+class AppliedResume:
+    """A resume applied in the claim that gave this engine the run: the run's first
+    loop announces it (``workflow.transition``, ``step.resume``) as if it had
+    applied it itself."""
+
+    before: Instance
+    """The state the claim read, before the resume."""
+    wakeup: Wakeup
+    """The resume, consumed by the claim's write."""
+    event: str | None
+    """The event its step completed with, after mapping."""
 
 
 class RunEntry:
@@ -30,6 +45,7 @@ class RunEntry:
         lease: Lease,
         initial: Instance | None = None,
         initial_wakeups: Sequence[Wakeup] | None = None,
+        resumed: AppliedResume | None = None,
     ) -> None:
         self.run_id = lease.run_id
         self.lease = lease
@@ -55,6 +71,8 @@ class RunEntry:
         self.initial_wakeups: Sequence[Wakeup] | None = initial_wakeups
         """With ``initial`` read at a claim: the run's unapplied wakeups read
         then, so that its first loop need not read them again."""
+        self.resumed: AppliedResume | None = resumed
+        """With ``initial``: the resume that claim applied, for the first loop to announce."""
 
     def poke(self) -> None:
         """Ask the loop to re-read the run's wakeups (coalesced)."""

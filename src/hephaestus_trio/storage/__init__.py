@@ -2,6 +2,8 @@
 
 from ._memory import MemoryStorage as MemoryStorage
 from ._postgres import PostgresStorage as PostgresStorage
+from ._protocol import Advance as Advance
+from ._protocol import Advancer as Advancer
 from ._protocol import ClaimedRun as ClaimedRun
 from ._protocol import EngineRecord as EngineRecord
 from ._protocol import Lease as Lease
@@ -19,6 +21,8 @@ from ._sqlite import SQLiteStorage as SQLiteStorage
 from ._urls import storage_from_url as storage_from_url
 
 __all__ = [
+    "Advance",
+    "Advancer",
     "ClaimedRun",
     "EngineRecord",
     "Lease",

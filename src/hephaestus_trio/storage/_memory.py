@@ -45,8 +45,10 @@ import trio
 from .._errors import LeaseLost, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps, loads
+from ._advance import checked_advance, logger
 from ._memory_index import ClaimIndex, ready_at
 from ._protocol import (
+    Advancer,
     ClaimedRun,
     EngineRecord,
     Lease,
@@ -729,6 +731,7 @@ class MemoryStorage:
         owner: str,
         ttl: float,
         workflows: Collection[WorkflowKey] | None,
+        advance: Advancer | None = None,
     ) -> tuple[Wakeup | None, ClaimedRun | None]:
         # Through ``add_wakeup``, so that a subclass wrapping it (a test's
         # injected fault) sees every wakeup. Its last schedule point is at its
@@ -741,11 +744,34 @@ class MemoryStorage:
         leases = self._claim(owner, now, ttl, wanted, 1, (wakeup.run_id,))
         if not leases:
             return added, None
-        run = self._runs[wakeup.run_id]
+        lease, run = leases[0], self._runs[wakeup.run_id]
         claimed = ClaimedRun(
-            lease=leases[0], instance=self._read(run), wakeups=tuple(run.wakeups.values())
+            lease=lease, instance=self._read(run), wakeups=tuple(run.wakeups.values())
         )
-        return added, claimed
+        moved = None if advance is None else checked_advance(advance, claimed, added)
+        if moved is None:
+            return added, claimed
+        # Through ``write`` too, for the same reason. Nobody else can write
+        # under the lease just granted, so the schedule point at its start
+        # changes nothing: readers may see the claim a moment before the state.
+        try:
+            await self.write(
+                lease, moved.instance, now=now, consume=[added.seq], add_timers=moved.timers
+            )
+        except Exception:
+            logger.exception(
+                "run %s: writing wakeup %d applied in its claim failed; its driver applies it",
+                wakeup.run_id,
+                added.seq,
+            )
+            return added, claimed
+        run = self._runs[wakeup.run_id]
+        return added, ClaimedRun(
+            lease=lease,
+            instance=self._read(run),
+            wakeups=tuple(run.wakeups.values()),
+            applied=added,
+        )
 
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:
         await self._enter()

@@ -56,6 +56,7 @@ from .._errors import StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import dumps
 from ._protocol import (
+    Advancer,
     ClaimedRun,
     EngineRecord,
     Lease,
@@ -795,6 +796,7 @@ class PostgresStorage:
         owner: str,
         ttl: float,
         workflows: Collection[WorkflowKey] | None,
+        advance: Advancer | None = None,
     ) -> tuple[Wakeup | None, ClaimedRun | None]:
         from . import _postgres_ops as ops
 
@@ -811,6 +813,8 @@ class PostgresStorage:
                 owner=owner,
                 ttl=ttl,
                 workflows=workflows,
+                advance=advance,
+                encode=_run_row,
             ),
         )
         if recorded is not None:

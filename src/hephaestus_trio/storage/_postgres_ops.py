@@ -15,17 +15,19 @@ server's ``now()`` for every lease expiry and every comparison.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, LiteralString
 
 import psycopg
 
-from .._errors import LeaseLost
+from .._errors import HephaestusError, LeaseLost
 from ..core._instance import Instance, Status, TimerRecord
 from ..core._serialization import loads
+from ._advance import checked_advance, logger
 from ._postgres_schema import SQL
 from ._protocol import (
+    Advancer,
     ClaimedRun,
     Lease,
     NewWakeup,
@@ -461,8 +463,15 @@ def add_wakeup_and_claim(
     owner: str,
     ttl: float,
     workflows: Collection[WorkflowKey] | None,
+    advance: Advancer | None = None,
+    encode: Callable[[Instance], Mapping[str, Any]] | None = None,
 ) -> tuple[Wakeup | None, ClaimedRun | None]:
-    """``add_wakeup``, ``claim`` of the run and the reads its new driver starts from, at once."""
+    """``add_wakeup``, ``claim`` of the run and the reads its new driver starts from, at once.
+
+    With ``advance`` (and ``encode``, the run row ``write`` takes), the
+    advanced state is written in the same transaction, in a savepoint of its
+    own: a write it cannot make leaves the claim as without ``advance``.
+    """
     run_id = wakeup.run_id
     with conn.transaction():
         recorded = add_wakeup(conn, wakeup, now=now, created_at=created_at, max_pending=max_pending)
@@ -476,7 +485,33 @@ def add_wakeup_and_claim(
         instance = get(conn, run_id)
         assert instance is not None  # add_wakeup locked it live just now
         pending = tuple(wakeups(conn, run_id))
-    return recorded, ClaimedRun(lease=leases[0], instance=instance, wakeups=pending)
+        claimed = ClaimedRun(lease=leases[0], instance=instance, wakeups=pending)
+        moved = None if advance is None else checked_advance(advance, claimed, recorded)
+        if moved is None or encode is None:
+            return recorded, claimed
+        lease = leases[0]
+        try:
+            with conn.transaction():
+                write(
+                    conn,
+                    lease,
+                    moved.instance,
+                    encode(moved.instance),
+                    consume=[recorded.seq],
+                    add_timers=moved.timers,
+                    created_at=created_at,
+                )
+        except (HephaestusError, ValueError, psycopg.Error):
+            logger.exception(
+                "run %s: writing wakeup %d applied in its claim failed; its driver applies it",
+                run_id,
+                recorded.seq,
+            )
+            return recorded, claimed
+        written = get(conn, run_id)
+        assert written is not None  # written live just now, under our lease
+        left = tuple(wakeups(conn, run_id))
+    return recorded, ClaimedRun(lease=lease, instance=written, wakeups=left, applied=recorded)
 
 
 def seen_dedup_key(conn: Conn, run_id: str, dedup_key: str) -> bool:

@@ -36,7 +36,7 @@ Capabilities a backend states with class attributes:
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal, Protocol, final, runtime_checkable
 
@@ -46,6 +46,8 @@ from .._errors import HephaestusError
 from ..core._instance import Instance, Status, TimerRecord
 
 __all__ = [
+    "Advance",
+    "Advancer",
     "ClaimedRun",
     "EngineRecord",
     "Lease",
@@ -175,7 +177,36 @@ class ClaimedRun:
     """The run's state as stored when it was claimed (what ``get`` returns)."""
     wakeups: tuple[Wakeup, ...]
     """Its unapplied wakeups at that moment, in ``seq`` order (what ``wakeups`` returns),
-    the one just recorded included."""
+    the one just recorded included (unless ``applied``)."""
+    applied: Wakeup | None = None
+    """The wakeup just recorded, when ``advance`` applied it in the claim: then
+    ``instance`` is the state written under ``lease``, and the wakeup is
+    consumed (not among ``wakeups``, which hold any timers the write added)."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Advance:
+    """The state a claimed run moves to as the wakeup that claimed it is applied.
+
+    Why: applying a resume is the first thing a hibernated run's new driver
+    does, and it is one more commit (an fsync on SQLite) after the claim's.
+    Computed in the claim's own transaction, it is written with it: one
+    commit from ``resume`` to the next step.
+    """
+
+    instance: Instance
+    """The new state: live, of the same run (id, workflow, version and unique key
+    unchanged), as ``write`` would take it."""
+    timers: tuple[TimerRecord, ...] = ()
+    """Timers to add with it, as ``write(add_timers=...)``."""
+
+
+Advancer = Callable[[ClaimedRun, Wakeup], Advance | None]
+"""``advance(claimed, recorded)``: the state to write for ``claimed`` as ``recorded``
+is applied, or ``None`` to leave it to the run's driver. Called inside a
+transaction, maybe on a storage worker thread: it must be quick, pure, and not
+block or await."""
 
 
 @final
@@ -511,6 +542,7 @@ class Storage(Protocol):
         owner: str,
         ttl: float,
         workflows: Collection[WorkflowKey] | None,
+        advance: Advancer | None = None,
     ) -> tuple[Wakeup | None, ClaimedRun | None]:
         """``add_wakeup``, then, in the same transaction, claim the run for ``owner``.
 
@@ -522,6 +554,16 @@ class Storage(Protocol):
         anyone, ``owner`` included, is left as it is. Returns the recorded
         wakeup (``None`` as ``add_wakeup`` returns it) and the claimed run
         with its state and unapplied wakeups (``None``: not claimed).
+
+        With ``advance``, once claimed, ``advance(claimed, recorded)`` says what
+        applying the recorded wakeup makes of the run; an ``Advance`` is written
+        under the new lease as ``write(lease, advance.instance,
+        consume=[recorded.seq], add_timers=advance.timers)`` would write it, in
+        the same transaction (``MemoryStorage``: under the lease just granted,
+        which no other writer can hold), and the claimed run returned is the
+        written state with ``applied`` set. ``None``, an exception (logged) or
+        a state ``write`` would refuse (logged) leave the claim as without
+        ``advance``.
 
         Raises:
             WakeupRefused: as ``add_wakeup``; nothing is recorded or claimed.

@@ -62,7 +62,9 @@ from .._errors import HephaestusError, StorageError
 from ..core._instance import Instance, Status, TimerRecord
 from . import _sqlite_engines as engines
 from . import _sqlite_ops as ops
+from ._advance import checked_advance, logger
 from ._protocol import (
+    Advancer,
     ClaimedRun,
     EngineRecord,
     Lease,
@@ -143,6 +145,57 @@ def _claim_params(
         "run_ids": None if run_ids is None else json_array(sorted(set(run_ids))),
         "limit": limit,
     }
+
+
+def _advance_in_claim(
+    conn: sqlite3.Connection,
+    lease: Lease,
+    rows: ops.ClaimedRows,
+    recorded: Wakeup,
+    advance: Advancer,
+    stamp: str,
+) -> ClaimedRun:
+    """Worker thread, in the claim's transaction: apply ``recorded`` as ``advance`` says.
+
+    The run is decoded, advanced and encoded here, holding the write lock: the
+    price of writing the claim and the transition in one commit. A write the
+    advanced state cannot make is rolled back to its own savepoint, leaving
+    the claim as without ``advance``.
+    """
+    instance, pending = ops.decode_claimed(rows)
+    claimed = ClaimedRun(lease=lease, instance=instance, wakeups=tuple(pending))
+    moved = checked_advance(advance, claimed, recorded)
+    if moved is None:
+        return claimed
+    new = moved.instance
+    run_id = lease.run_id
+    row = run_row(new) | {"owner": lease.owner, "epoch": lease.epoch, "terminal": 0, "now": stamp}
+    timers = [timer_row(run_id, timer, stamp) for timer in moved.timers]
+    conn.execute("SAVEPOINT hephaestus_advance")
+    try:
+        ops.write(
+            conn,
+            lease,
+            new,
+            row,
+            consume=[recorded.seq],
+            timers=timers,
+            waiting=json_array(sorted(new.waiting_steps)),
+        )
+        left = ops.wakeups(conn, run_id)
+    except _WRITE_ERRORS:
+        conn.execute("ROLLBACK TO hephaestus_advance")
+        conn.execute("RELEASE hephaestus_advance")
+        logger.exception(
+            "run %s: writing wakeup %d applied in its claim failed; its driver applies it",
+            run_id,
+            recorded.seq,
+        )
+        return claimed
+    conn.execute("RELEASE hephaestus_advance")
+    return ClaimedRun(
+        lease=lease, instance=ops.with_timers_of(conn, new), wakeups=tuple(left), applied=recorded
+    )
 
 
 @final
@@ -731,30 +784,38 @@ class SQLiteStorage:
         owner: str,
         ttl: float,
         workflows: Collection[WorkflowKey] | None,
+        advance: Advancer | None = None,
     ) -> tuple[Wakeup | None, ClaimedRun | None]:
-        row = wakeup_row(wakeup, _timestamp(now))
+        stamp = _timestamp(now)
+        row = wakeup_row(wakeup, stamp)
         expires = expiry(now, ttl)
         params = _claim_params(owner, now, expires, workflows, 1, (wakeup.run_id,))
 
         def apply(
             conn: sqlite3.Connection,
-        ) -> tuple[Wakeup | None, tuple[int, ops.ClaimedRows] | None]:
+        ) -> tuple[Wakeup | None, tuple[Lease, ops.ClaimedRows | ClaimedRun] | None]:
             recorded = ops.add_wakeup(conn, wakeup, row, max_pending)
             if recorded is None:
                 return None, None
             claimed = ops.claim(conn, params, among=True)
             if not claimed:
                 return recorded, None
-            return recorded, (claimed[0][1], ops.claimed_rows(conn, wakeup.run_id))
+            epoch = claimed[0][1] + 1
+            lease = Lease(run_id=wakeup.run_id, owner=owner, epoch=epoch, expires_at=expires)
+            rows = ops.claimed_rows(conn, wakeup.run_id)
+            if advance is None:
+                return recorded, (lease, rows)
+            return recorded, (lease, _advance_in_claim(conn, lease, rows, recorded, advance, stamp))
 
         recorded, claimed = await self._submit(apply)
         if claimed is None:
             if recorded is not None:
                 self._bump()
             return recorded, None
-        epoch, rows = claimed
-        instance, pending = ops.decode_claimed(rows)  # here, as ``write`` encodes here
-        lease = Lease(run_id=wakeup.run_id, owner=owner, epoch=epoch + 1, expires_at=expires)
+        lease, found = claimed
+        if isinstance(found, ClaimedRun):
+            return recorded, found
+        instance, pending = ops.decode_claimed(found)  # here, as ``write`` encodes here
         return recorded, ClaimedRun(lease=lease, instance=instance, wakeups=tuple(pending))
 
     async def seen_dedup_key(self, run_id: str, dedup_key: str) -> bool:

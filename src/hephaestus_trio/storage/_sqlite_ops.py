@@ -111,6 +111,12 @@ def claimed_rows(conn: sqlite3.Connection, run_id: str) -> ClaimedRows:
     return text, timers, conn.execute(_Q["wakeups_of_run"], key).fetchall()
 
 
+def with_timers_of(conn: sqlite3.Connection, instance: Instance) -> Instance:
+    """``instance`` (just written) as ``get`` would read it back: with its pending timers."""
+    timers = conn.execute(_Q["timers_of_run"], {"run_id": instance.run_id}).fetchall()
+    return with_timers(instance, timers)
+
+
 def decode_claimed(rows: ClaimedRows) -> tuple[Instance, list[Wakeup]]:
     text, timers, wakeups = rows
     return with_timers(loads(text), timers), [wakeup_from_row(row) for row in wakeups]

@@ -29,7 +29,16 @@ from trio_util import AsyncValue
 
 from .._errors import LeaseLost
 from ..core._instance import ExecutionEntry, Instance, TimerRecord
-from ..storage._protocol import ClaimedRun, Lease, NewWakeup, Storage, Wakeup, WakeupKind
+from ..storage._protocol import (
+    Advance,
+    Advancer,
+    ClaimedRun,
+    Lease,
+    NewWakeup,
+    Storage,
+    Wakeup,
+    WakeupKind,
+)
 
 __all__ = ["AuditedStorage", "CrashPoint", "InjectedFault", "completions"]
 
@@ -366,14 +375,31 @@ class AuditedStorage:
             return await self._mutate(add, _describe_wakeup(wakeup))
 
     async def add_wakeup_and_claim(
-        self, wakeup: NewWakeup, **kwargs: Any
+        self, wakeup: NewWakeup, *, advance: Advancer | None = None, **kwargs: Any
     ) -> tuple[Wakeup | None, ClaimedRun | None]:
         async with self._busy():
 
+            def faultless(claimed: ClaimedRun, recorded: Wakeup) -> Advance | None:
+                # A write armed to fail is the driver's to make, where the
+                # fault is injected.
+                if self.failing_writes[wakeup.run_id] > 0:
+                    return None
+                assert advance is not None
+                return advance(claimed, recorded)
+
             async def add() -> tuple[Wakeup | None, ClaimedRun | None]:
-                added, claimed = await self.inner.add_wakeup_and_claim(wakeup, **kwargs)
+                added, claimed = await self.inner.add_wakeup_and_claim(
+                    wakeup, advance=None if advance is None else faultless, **kwargs
+                )
                 if added is not None:
                     self._bump()
+                if claimed is not None and claimed.applied is not None:
+                    # The transition written with the claim is a fenced write too.
+                    self._note(f"saved with the claim: {self.describe_write(claimed.instance)}")
+                    self._audit_write(claimed.lease, claimed.instance)
+                    self.persisted[wakeup.run_id] = claimed.instance
+                    lease = claimed.lease
+                    self._accepted(lease.run_id, lease.owner, lease.epoch)
                 return added, claimed
 
             return await self._mutate(add, _describe_wakeup(wakeup))

@@ -66,6 +66,8 @@ from ..core._instance import (
 )
 from ..core._shape import DefinitionShape
 from ..storage._protocol import (
+    Advance,
+    Advancer,
     ClaimedRun,
     EngineRecord,
     Lease,
@@ -2300,10 +2302,169 @@ async def _resume_and_claim(
     *,
     workflows: Collection[tuple[str, int]] | None = None,
     max_pending: int | None = None,
+    advance: Advancer | None = None,
 ) -> tuple[Wakeup | None, ClaimedRun | None]:
+    if advance is None:  # as a caller that predates ``advance`` calls it
+        return await s.add_wakeup_and_claim(
+            wakeup, now=now, max_pending=max_pending, owner=owner, ttl=TTL, workflows=workflows
+        )
     return await s.add_wakeup_and_claim(
-        wakeup, now=now, max_pending=max_pending, owner=owner, ttl=TTL, workflows=workflows
+        wakeup,
+        now=now,
+        max_pending=max_pending,
+        owner=owner,
+        ttl=TTL,
+        workflows=workflows,
+        advance=advance,
     )
+
+
+class _Advancing:
+    """An ``Advancer`` that completes the resumed step, parking on ``then`` with a timer;
+    it remembers what it was called with (``make`` may spoil the state it returns)."""
+
+    def __init__(
+        self,
+        then: str = "other",
+        make: Callable[[Instance], Instance] | None = None,
+        fail: bool = False,
+        decline: bool = False,
+    ) -> None:
+        self.then, self.make, self.fail, self.decline = then, make, fail, decline
+        self.calls: list[tuple[ClaimedRun, Wakeup]] = []
+
+    def __call__(self, claimed: ClaimedRun, recorded: Wakeup) -> Advance | None:
+        self.calls.append((claimed, recorded))
+        if self.fail:
+            raise RuntimeError("an advancer that fails")
+        if self.decline:
+            return None
+        inst = claimed.instance
+        new = attrs.evolve(
+            inst,
+            active_steps=frozenset({self.then}),
+            waiting_steps=frozenset({self.then}),
+            updated_at=recorded.created_at,
+            timers=(),
+        )
+        if self.make is not None:
+            new = self.make(new)
+        timer = TimerRecord(step=self.then, event="timeout", fire_at=_at(900))
+        return Advance(instance=new, timers=(timer,))
+
+
+@_check
+async def _a_resume_is_applied_in_its_claim(new_storage: StorageFactory, *, durable: bool) -> None:
+    async with new_storage() as s:
+        lease = await _create_owned(s, make_run(run_id="r1"))
+        await s.write(lease, _parked(make_run(run_id="r1"), "wait"), now=_at(1))
+        stale = await s.add_wakeup(_timer("r1", "wait", at=_at(500)), now=_at(1))
+        assert stale is not None
+        await s.release(lease, now=_at(2), wake_at=_at(500), seen=stale.seq)
+        advance = _Advancing()
+        payload = {"paid": True}
+        added, claimed = await _resume_and_claim(
+            s, _resume("r1", at=_at(3), payload=payload), "B", _at(3), advance=advance
+        )
+        assert added is not None, "recorded"
+        assert claimed is not None, "claimed"
+        _eq(len(advance.calls), 1, "the advancer is called once")
+        seen, recorded = advance.calls[0]
+        _eq(recorded, added, "with the wakeup recorded")
+        _eq(recorded.payload, payload, "its payload as recorded")
+        _eq(seen.lease, claimed.lease, "and the claim as granted")
+        _eq(seen.instance.waiting_steps, frozenset({"wait"}), "the state before the resume")
+        _eq([w.seq for w in seen.wakeups], [stale.seq, added.seq], "its wakeups, the new one too")
+        _eq(claimed.applied, added, "the claim says it applied the resume")
+        _eq(claimed.lease.epoch, lease.epoch + 1, "under the claim's new lease")
+        stored = await s.get("r1")
+        _eq(claimed.instance, stored, "the state written, as get returns it")
+        assert stored is not None
+        _eq(stored.waiting_steps, frozenset({"other"}), "the advanced state is stored")
+        pending = await s.wakeups("r1")
+        _eq(list(claimed.wakeups), pending, "its wakeups as wakeups returns them")
+        _eq(
+            [(w.kind, w.step) for w in pending],
+            [(WakeupKind.TIMER, "other")],
+            "the resume consumed, the timer of the step no longer parked dropped, the new added",
+        )
+        _eq([t.step for t in stored.timers], ["other"], "the added timer is among the run's timers")
+        _eq(await _claim(s, "C", _at(4)), [], "held: nobody else claims it")
+        with _raises(LeaseLost, "the lease it had before"):
+            await s.write(lease, stored, now=_at(5))
+        await s.write(claimed.lease, attrs.evolve(stored, updated_at=_at(5)), now=_at(5))
+
+
+@_check
+async def _an_advance_not_written_leaves_the_claim_as_without_it(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        spoilers: dict[str, _Advancing] = {
+            "declines": _Advancing(decline=True),
+            "fails": _Advancing(fail=True),
+            "renames": _Advancing(make=lambda i: attrs.evolve(i, id="orderid::other")),
+            "ends": _Advancing(make=lambda i: attrs.evolve(i, status=Status.COMPLETED)),
+            "moves": _Advancing(make=lambda i: attrs.evolve(i, workflow_version=2)),
+        }
+        for n, (name, advance) in enumerate(spoilers.items()):
+            run_id = f"r{n}"
+            parked = _parked(make_run(f"orderid::{name}", run_id=run_id), "wait")
+            await s.create(parked, now=T0)
+            before = await s.get(run_id)
+
+            async def bystander(run_id: str = run_id) -> None:
+                # Committed in the same batch where a backend groups writes.
+                await s.create(make_run(f"orderid::by-{run_id}", run_id=f"by-{run_id}"), now=T0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bystander)
+                added, claimed = await _resume_and_claim(
+                    s,
+                    _resume(run_id, at=_at(1)),
+                    "B",
+                    _at(1),
+                    advance=advance,
+                )
+            assert added is not None, f"{name}: recorded"
+            assert claimed is not None, f"{name}: claimed"
+            _eq(claimed.applied, None, f"{name}: not applied")
+            _eq(claimed.instance, before, f"{name}: the run as it was")
+            _eq(await s.get(run_id), before, f"{name}: stored as it was")
+            _eq(
+                [w.seq for w in await s.wakeups(run_id)],
+                [added.seq],
+                f"{name}: the resume still pending",
+            )
+            _eq(list(claimed.wakeups), await s.wakeups(run_id), f"{name}: its wakeups")
+            _eq(len(advance.calls), 1, f"{name}: the advancer was called once")
+            assert await s.get(f"by-{run_id}") is not None, f"{name}: the other write stands"
+            _eq(
+                await _claim(s, "C", _at(2), run_ids=[run_id]),
+                [],
+                f"{name}: held by B all the same",
+            )
+
+
+@_check
+async def _an_advance_is_only_asked_for_a_claimed_run(
+    new_storage: StorageFactory, *, durable: bool
+) -> None:
+    async with new_storage() as s:
+        lease = await _create_owned(s, _parked(make_run(run_id="r1"), "wait", "other"))
+        advance = _Advancing()
+        added, claimed = await _resume_and_claim(
+            s, _resume("r1", dedup_key="k"), "B", _at(1), advance=advance
+        )
+        assert added is not None, "recorded"
+        _eq(claimed, None, "held by A: not claimed")
+        _eq(advance.calls, [], "a run not claimed is not advanced")
+        await s.release(lease, now=_at(2), wake_at=_at(1), seen=0)
+        again = await _resume_and_claim(
+            s, _resume("r1", dedup_key="k"), "B", _at(3), advance=advance
+        )
+        _eq(again, (None, None), "deduplicated: nothing recorded, nothing claimed")
+        _eq(advance.calls, [], "nor advanced")
 
 
 @_check
