@@ -29,6 +29,7 @@ from hephaestus_trio import (
     WaitForEvent,
     Workflow,
     open_engine,
+    route,
 )
 from hephaestus_trio.runtime._calls import ResumeInClaim
 from hephaestus_trio.storage import ClaimedRun, Lease, Wakeup, WakeupKind
@@ -53,6 +54,15 @@ class Hold(Step):
 class Resumable(Workflow, unique=Unique(key="resumable"), name="tests.resume_in_claim.Resumable"):
     start_at = WaitForEvent
     transitions = {(WaitForEvent, "received"): Hold, (Hold, "held"): Done}
+
+
+class Routed(Workflow, unique=Unique(key="routed"), name="tests.resume_in_claim.Routed"):
+    start_at = WaitForEvent
+    transitions = {(Hold, "held"): Done}
+
+    @route(WaitForEvent, "received", targets=[Hold, Done])
+    def pick(context: Context) -> Any:
+        return Hold
 
 
 class Other(Workflow, unique=Unique(key="other"), name="tests.resume_in_claim.Other"):
@@ -232,3 +242,28 @@ def test_the_advancer_declines_a_resume_that_would_end_the_run() -> None:
     # ... but an undeclared event fails the run: the driver writes that.
     wrong = attrs.evolve(resume, event="nope")
     assert ResumeInClaim(T0, Other)(_claimed(inst, wrong), wrong) is None
+
+
+def test_the_advancer_leaves_a_route_to_the_driver() -> None:
+    """A route is the application's code: it never runs inside the storage's transaction."""
+    inst = _parked_on(Routed, "routed::z")
+    resume = _wakeup(5, WakeupKind.RESUME, "wait_for_event", T0)
+    assert ResumeInClaim(T0, Routed)(_claimed(inst, resume), resume) is None
+
+
+async def test_a_routed_resume_is_applied_by_the_driver_on_sqlite(
+    tmp_path: Any, mock_clock: Any
+) -> None:
+    mock_clock.autojump_threshold = 0.05
+    storage = SQLiteStorage(tmp_path / "routed.db")
+    async with open_engine(storage, workflows=[Routed]) as engine:
+        iid = await engine.start_instance(Routed, {}, id="routed::a")
+        while (await engine.get(iid)).status is not Status.WAITING or engine.live_tasks:
+            await trio.sleep(0.01)
+        await engine.resume(iid, "received")
+        final = await engine.wait(iid)
+    assert [(e.step, e.event) for e in final.completions] == [
+        ("wait_for_event", "received"),
+        ("hold", "held"),
+        ("done", "done"),
+    ]

@@ -74,7 +74,9 @@ class ResumeInClaim:
     driver applies the resume, as without it) whenever the driver's own order
     could differ: another wakeup is due, the run is not simply parked on the
     step, or the transition would end the run (the loop that writes the
-    terminal state announces it).
+    terminal state announces it); and when the transition is a ``@route``:
+    the application's code never runs inside a storage transaction (on
+    SQLite, holding the write lock every run's writes wait for).
     """
 
     at: datetime
@@ -105,6 +107,11 @@ class ResumeInClaim:
             decide.check_definition(inst, workflow)
         except DefinitionMismatch:
             return None
+        step_cls = workflow.definition().steps[recorded.step]
+        delivered = step_cls.resume_event(inst.step_configs.get(recorded.step), recorded.event)
+        taken = workflow.compiled().transitions.get((recorded.step, delivered or ""))
+        if taken is not None and taken.route is not None:
+            return None  # a route is the application's code: not inside a storage transaction
         decision = decide.apply_resume(
             inst,
             recorded.step,
