@@ -267,3 +267,49 @@ async def test_a_routed_resume_is_applied_by_the_driver_on_sqlite(
         ("hold", "held"),
         ("done", "done"),
     ]
+
+
+class GatedClaims(SQLiteStorage):
+    """``add_wakeup_and_claim`` waits at a gate before it starts."""
+
+    def __init__(self, path: Any) -> None:
+        super().__init__(path)
+        self.gate: trio.Event | None = None
+        self.waiting = trio.Event()
+
+    async def add_wakeup_and_claim(self, wakeup: Any, **kwargs: Any) -> Any:
+        if self.gate is not None:
+            self.waiting.set()
+            await self.gate.wait()
+        return await super().add_wakeup_and_claim(wakeup, **kwargs)
+
+
+async def test_a_resume_applied_as_its_engine_closes_is_handed_back_due(
+    tmp_path: Any, mock_clock: Any
+) -> None:
+    """The engine closed while its resume claimed the run: the run it hands back has
+    its next step to run, so another engine claims it at once."""
+    mock_clock.autojump_threshold = 0.05
+    storage = GatedClaims(tmp_path / "closing.db")
+    close_first = trio.Event()
+
+    async def first_engine(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with open_engine(storage, workflows=[Resumable]) as engine:
+            task_status.started(engine)
+            await close_first.wait()
+
+    async with open_engine(storage, workflows=[Resumable]) as other:
+        iid = await _hibernated(other, "resumable::closing")
+        async with trio.open_nursery() as nursery:
+            first = await nursery.start(first_engine)
+            storage.gate = trio.Event()
+            nursery.start_soon(first.resume, iid, "received")
+            await storage.waiting.wait()
+            close_first.set()
+            while not first._closed:
+                await trio.sleep(0.01)
+            storage.gate.set()
+        with trio.fail_after(60):
+            final = await other.wait(iid)
+    assert final.status is Status.COMPLETED
+    assert [(e.step, e.event) for e in final.completions][0] == ("wait_for_event", "received")

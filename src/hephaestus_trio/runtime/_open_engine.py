@@ -460,9 +460,12 @@ class Engine:
                 )
             self._spawn(claimed.lease, claimed.instance, claimed.wakeups, resumed)
             return
+        # Applied in the claim, the run has a step to run now: handed back due
+        # at once, or nobody would claim it (its resume is consumed).
+        wake_at = now if claimed.applied is not None else None
         with trio.CancelScope(shield=True):
             try:
-                await self.storage.release(claimed.lease, now=now, wake_at=None, seen=0)
+                await self.storage.release(claimed.lease, now=now, wake_at=wake_at, seen=0)
             except Exception:
                 logger.exception(
                     "could not hand back run %s at shutdown; its lease will expire",
