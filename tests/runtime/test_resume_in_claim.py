@@ -9,6 +9,7 @@ does: there is no commit to save).
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,8 @@ from hephaestus_trio import (
 from hephaestus_trio.runtime._calls import ResumeInClaim
 from hephaestus_trio.storage import ClaimedRun, Lease, Wakeup, WakeupKind
 
+ROUTED_IN: list[threading.Thread] = []
+"""The thread each call of ``Routed.pick`` ran in."""
 GATE: dict[str, trio.Event] = {}
 """Business id -> the event its ``Hold`` step waits for (absent: it does not wait)."""
 
@@ -62,6 +65,7 @@ class Routed(Workflow, unique=Unique(key="routed"), name="tests.resume_in_claim.
 
     @route(WaitForEvent, "received", targets=[Hold, Done])
     def pick(context: Context) -> Any:
+        ROUTED_IN.append(threading.current_thread())
         return Hold
 
 
@@ -70,8 +74,9 @@ class Other(Workflow, unique=Unique(key="other"), name="tests.resume_in_claim.Ot
     transitions = {(WaitForEvent, "received"): Done}
 
 
-async def _hibernated(engine: Any, id: str) -> str:
-    iid: str = await engine.start_instance(Resumable, {}, id=id)
+async def _hibernated(engine: Any, id: str, workflow: type[Workflow] = Resumable) -> str:
+    """Start a run and return once it is parked with no task (the resume will claim it)."""
+    iid: str = await engine.start_instance(workflow, {}, id=id)
     while (await engine.get(iid)).status is not Status.WAITING or engine.live_tasks:
         await trio.sleep(0.01)
     return iid
@@ -256,10 +261,9 @@ async def test_a_routed_resume_is_applied_by_the_driver_on_sqlite(
 ) -> None:
     mock_clock.autojump_threshold = 0.05
     storage = SQLiteStorage(tmp_path / "routed.db")
+    ROUTED_IN.clear()
     async with open_engine(storage, workflows=[Routed]) as engine:
-        iid = await engine.start_instance(Routed, {}, id="routed::a")
-        while (await engine.get(iid)).status is not Status.WAITING or engine.live_tasks:
-            await trio.sleep(0.01)
+        iid = await _hibernated(engine, "routed::a", Routed)
         await engine.resume(iid, "received")
         final = await engine.wait(iid)
     assert [(e.step, e.event) for e in final.completions] == [
@@ -267,6 +271,8 @@ async def test_a_routed_resume_is_applied_by_the_driver_on_sqlite(
         ("hold", "held"),
         ("done", "done"),
     ]
+    # The route ran in the engine's own thread, never in the storage's worker.
+    assert ROUTED_IN == [threading.main_thread()]
 
 
 class GatedClaims(SQLiteStorage):

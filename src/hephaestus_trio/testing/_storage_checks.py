@@ -2319,6 +2319,16 @@ async def _resume_and_claim(
     )
 
 
+async def _hibernated_with_timer(s: Storage, run_id: str) -> tuple[Lease, Wakeup]:
+    """A run parked on ``wait`` with a timer due at 500 s, handed back at 2 s by A."""
+    lease = await _create_owned(s, make_run(run_id=run_id))
+    await s.write(lease, _parked(make_run(run_id=run_id), "wait"), now=_at(1))
+    timer = await s.add_wakeup(_timer(run_id, "wait", at=_at(500)), now=_at(1))
+    assert timer is not None
+    await s.release(lease, now=_at(2), wake_at=_at(500), seen=timer.seq)
+    return lease, timer
+
+
 class _Advancing:
     """An ``Advancer`` that completes the resumed step, parking on ``then`` with a timer;
     it remembers what it was called with (``make`` may spoil the state it returns)."""
@@ -2356,11 +2366,7 @@ class _Advancing:
 @_check
 async def _a_resume_is_applied_in_its_claim(new_storage: StorageFactory, *, durable: bool) -> None:
     async with new_storage() as s:
-        lease = await _create_owned(s, make_run(run_id="r1"))
-        await s.write(lease, _parked(make_run(run_id="r1"), "wait"), now=_at(1))
-        stale = await s.add_wakeup(_timer("r1", "wait", at=_at(500)), now=_at(1))
-        assert stale is not None
-        await s.release(lease, now=_at(2), wake_at=_at(500), seen=stale.seq)
+        lease, stale = await _hibernated_with_timer(s, "r1")
         advance = _Advancing()
         payload = {"paid": True}
         added, claimed = await _resume_and_claim(
@@ -2470,11 +2476,7 @@ async def _an_advance_is_only_asked_for_a_claimed_run(
 @_check
 async def _a_resume_claims_a_hibernated_run(new_storage: StorageFactory, *, durable: bool) -> None:
     async with new_storage() as s:
-        lease = await _create_owned(s, make_run(run_id="r1"))
-        await s.write(lease, _parked(make_run(run_id="r1"), "wait"), now=_at(1))
-        timer = await s.add_wakeup(_timer("r1", "wait", at=_at(500)), now=_at(1))
-        assert timer is not None
-        await s.release(lease, now=_at(2), wake_at=_at(500), seen=timer.seq)
+        lease, timer = await _hibernated_with_timer(s, "r1")
         added, claimed = await _resume_and_claim(s, _resume("r1", at=_at(3)), "B", _at(3))
         assert added is not None, "recorded"
         assert claimed is not None, "an unowned run, due now: claimed"
