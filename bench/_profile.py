@@ -14,6 +14,8 @@ import collections
 import cProfile
 import functools
 import pstats
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -22,6 +24,9 @@ from . import _measure as m
 from ._skeleton import skeleton_throughput
 
 __all__ = ["profile_throughput"]
+
+_TRANSITIONS = 7
+"""Persisted transitions of one order: create, start, the four steps, ``done``."""
 
 
 def _group(filename: str, name: str) -> str:
@@ -43,21 +48,49 @@ def _group(filename: str, name: str) -> str:
     return "other"
 
 
+def _profiled(run: Callable[[], object]) -> tuple[Counter[str], Counter[str]]:
+    """Own seconds and calls by layer of one ``run()`` under cProfile.
+
+    Calls count every call and every resumption of a coroutine (cProfile counts
+    a coroutine once per step it runs): the unit of Python work a transition
+    costs, which unlike seconds does not move with the load on the machine.
+    """
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    seconds: Counter[str] = collections.Counter()
+    calls: Counter[str] = collections.Counter()
+    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
+        group = _group(filename, name)
+        seconds[group] += row[2]
+        calls[group] += row[1]
+    return seconds, calls
+
+
 def profile_throughput(kind: str, count: int, tmp: Path) -> str:
     """Profile one throughput run of the engine; returns the report."""
     trio.run(m.engine_throughput, kind, 50, tmp)  # warm up
-    profiler = cProfile.Profile()
-    profiler.enable()
-    trio.run(m.engine_throughput, kind, count, tmp)
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    groups: collections.Counter[str] = collections.Counter()
-    for (filename, _, name), row in stats.stats.items():  # type: ignore[attr-defined]
-        groups[_group(filename, name)] += row[2]
+    groups, calls = _profiled(lambda: trio.run(m.engine_throughput, kind, count, tmp))
+    _, shaped_calls = _profiled(lambda: trio.run(skeleton_throughput, count))
+    _, plain_calls = _profiled(
+        lambda: trio.run(functools.partial(m.baseline_throughput, "memory", count, tmp))
+    )
     total = sum(groups.values())
     lines = [f"own time by layer, engine throughput ({count:,} orders, {kind}, under cProfile):"]
     for group, seconds in groups.most_common():
         lines.append(f"  {100 * seconds / total:5.1f}%  {group}")
+    per_order = sum(calls.values()) / count
+    lines += [
+        "",
+        "Python calls (and coroutine resumptions) per order, by layer:",
+        *(f"  {n / count:7,.0f}  {group}" for group, n in calls.most_common()),
+        f"  {per_order:7,.0f}  hephaestus-trio, in all ({per_order / _TRANSITIONS:,.0f} per"
+        f" persisted transition, {_TRANSITIONS} per order)",
+        f"  {sum(shaped_calls.values()) / count:7,.0f}  bare Trio shaped like the engine, in all",
+        f"  {sum(plain_calls.values()) / count:7,.0f}  bare Trio, plain, in all",
+    ]
     shaped = max(trio.run(skeleton_throughput, count) for _ in range(3))
     plain = max(
         trio.run(functools.partial(m.baseline_throughput, "memory", count, tmp)) for _ in range(3)

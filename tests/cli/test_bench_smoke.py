@@ -48,3 +48,22 @@ def test_quick_reads_bench_prints_every_ratio(
     ]
     ratios = [float(cells[3]) for cells in rows[1:]]
     assert all(ratio > 0 for ratio in ratios)
+
+
+def test_quick_profile_prints_layers_and_calls(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    bench = importlib.import_module("bench")
+    assert bench.main(["--profile", "memory", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "own time by layer" in out
+    per_order = [
+        line for line in out.splitlines() if line.endswith(", in all") or "in all (" in line
+    ]
+    # The engine, its skeleton and plain Trio: three totals, the engine's the largest.
+    totals = [int(line.split()[0].replace(",", "")) for line in per_order]
+    assert len(totals) == 3, per_order
+    engine, shaped, plain = totals
+    assert engine > shaped > plain > 0
+    assert "per persisted transition" in per_order[0]
