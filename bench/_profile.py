@@ -1,7 +1,9 @@
 """``python -m bench --profile``: where the engine's time goes in row (a).
 
 Prints cProfile's own-time shares grouped by layer for the engine's
-throughput run, and the throughput of a bare-Trio program *shaped like the
+throughput run, the Python calls one order costs by layer against the same
+count for the baselines (a measure of work that, unlike time, the machine's
+load does not move), and the throughput of a bare-Trio program *shaped like the
 engine* (row s's skeleton: a supervisor task, a cancel scope per incarnation,
 a nursery and a mailbox per run, the steps run by the run's loop) with no
 engine logic, which separates the cost of that task structure from the cost
