@@ -41,10 +41,12 @@ from typing import Any
 
 import attrs
 import trio
+import trio.testing
 
 from hephaestus_trio import (
     Complete,
     Done,
+    Event,
     Instance,
     RetryPolicy,
     SQLiteStorage,
@@ -270,6 +272,14 @@ async def until_waiting(engine: Any, instance_id: str, *, timers: bool = False) 
 async def child(db: Path, scenario: str) -> None:
     runs = SCENARIOS[scenario]
     async with open_engine(storage=SQLiteStorage(db), workflows=WORKFLOWS) as engine:
+        hibernated = {run.id: trio.Event() for run in runs}
+
+        def on_stop(event: Event) -> None:
+            waiter = hibernated.get(event.metadata.get("instance_id", ""))
+            if waiter is not None and event.metadata.get("reason") == "hibernated":
+                waiter.set()
+
+        engine.subscribe(on_stop, events=["incarnation.stop"])
         for run in runs:
             await engine.start_instance(run.workflow, run.initial, id=run.id)
             if scenario == "after_start":
@@ -285,9 +295,10 @@ async def child(db: Path, scenario: str) -> None:
                 await until_waiting(engine, run.id, timers=scenario == "timer")
         elif scenario == "after_resume":
             for run in runs:
-                await until_waiting(engine, run.id)
-                while engine.live_tasks:  # until it hibernated: the resume claims it
-                    await trio.sleep(0.005)
+                # Until the run hibernated and its driver task ended: the resume claims it.
+                await hibernated[run.id].wait()
+                await trio.testing.wait_all_tasks_blocked()
+                assert not engine.live_tasks
                 await engine.resume(run.id, RESUME_EVENT)
             # Block the loop right away: the resume is on disk, its next step not started.
             write_marker("ready")
